@@ -1,0 +1,1 @@
+"""Inference backends behind one interface (see :mod:`edge_agent.backends.base`)."""
