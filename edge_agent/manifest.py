@@ -55,7 +55,9 @@ class Quantization(_Strict):
 
 
 class AccuracyGate(_Strict):
-    reference: str = Field(description="what the candidate was compared with, e.g. fp32 onnxruntime")
+    reference: str = Field(
+        description="what the candidate was compared with, e.g. fp32 onnxruntime"
+    )
     images: int = Field(ge=1)
     source: str
     reference_top1: float = Field(ge=0.0, le=1.0)
@@ -156,7 +158,9 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({exc}); rebuild with build-engine") from exc
+        raise ManifestError(
+            f"{path}: unreadable manifest ({exc}); rebuild with build-engine"
+        ) from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
         raise ManifestError(
@@ -181,7 +185,9 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Raise :class:`ManifestError` unless every listed file exists with its recorded sha256."""
     bundle_dir = Path(bundle_dir)
     if manifest.model_file not in manifest.files:
-        raise ManifestError(f"{bundle_dir}: model file {manifest.model_file!r} has no recorded hash")
+        raise ManifestError(
+            f"{bundle_dir}: model file {manifest.model_file!r} has no recorded hash"
+        )
     for name, expected in manifest.files.items():
         path = bundle_dir / name
         if not path.is_file():
@@ -228,7 +234,9 @@ def check_device(
     if gpu_name is not None and info.gpu_name != gpu_name:
         mismatches.append(f"GPU {info.gpu_name!r} (here {gpu_name!r})")
     if compute_capability is not None and info.compute_capability != compute_capability:
-        mismatches.append(f"compute capability {info.compute_capability} (here {compute_capability})")
+        mismatches.append(
+            f"compute capability {info.compute_capability} (here {compute_capability})"
+        )
     if mismatches:
         raise StaleBundleError(
             "plan was built for " + ", ".join(mismatches) + "; run build-engine on this device"
