@@ -66,7 +66,7 @@ class MqttConfig(_Strict):
     max_in_flight: int = Field(64, ge=1, le=65535)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
-    outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig())
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
@@ -141,6 +141,9 @@ class PipelineConfig(_Strict):
     preprocess_device: Literal["auto", "cpu", "cuda"] = "auto"
     onnxruntime_cuda: bool = Field(False, description="use CUDAExecutionProvider when present")
     intra_op_threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime threads")
+    intra_op_spinning: bool = Field(
+        False, description="ONNX Runtime workers busy-wait (faster only on otherwise idle cores)"
+    )
     ready_queue: int = Field(32, ge=1, le=10_000, description="decoded frames waiting to batch")
 
 
@@ -180,22 +183,22 @@ class FitsConfig(_Strict):
 class DecodeConfig(_Strict):
     max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(50_000_000, ge=64)
-    stretch: StretchConfig = Field(default_factory=lambda: StretchConfig())
-    fits: FitsConfig = Field(default_factory=lambda: FitsConfig())
+    stretch: StretchConfig = Field(default_factory=StretchConfig)
+    fits: FitsConfig = Field(default_factory=FitsConfig)
 
 
 class AgentConfig(_Strict):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     bundle: Path
     sources: list[SourceConfig] = Field(min_length=1)
-    pipeline: PipelineConfig = Field(default_factory=lambda: PipelineConfig())
-    decode: DecodeConfig = Field(default_factory=lambda: DecodeConfig())
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
     quarantine_dir: Path = Path("/var/lib/galaxy-edge/quarantine")
     state_dir: Path = Field(Path("/var/lib/galaxy-edge"), description="ledger lives here")
     stats_interval_s: float = Field(30.0, gt=0)
     drain_timeout_s: float = Field(20.0, gt=0, description="SIGTERM: drain and flush within")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig())
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> AgentConfig:
@@ -272,7 +275,7 @@ def parse_config(text: str, origin: str = "<config>", base_dir: Path | None = No
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
+        found: list[tuple[int, str]] = []
         for err in exc.errors():
             loc = tuple(err["loc"])
             where = ".".join(str(p) for p in loc) or "(top level)"
@@ -283,7 +286,8 @@ def parse_config(text: str, origin: str = "<config>", base_dir: Path | None = No
                 msg = "unknown key (check the spelling; see the example config)"
             elif err["type"] == "missing":
                 msg = "required key is missing"
-            problems.append(f"{at}: {where}: {msg}")
+            found.append((line or 0, f"{at}: {where}: {msg}"))
+        problems = [text for _, text in sorted(found, key=lambda item: item[0])]  # file order
         raise ConfigError(problems) from exc
 
 

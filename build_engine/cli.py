@@ -1,0 +1,206 @@
+"""``build-engine``: turn a checkpoint or an ONNX file into a bundle the edge agent loads.
+
+Thin on purpose: parses options, probes the device, calls :func:`build_engine.pipeline.build`
+or :func:`build_engine.check.stale_reasons`, and turns typed errors into one line and an exit
+code. Progress goes to stderr; the result line to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from build_engine.check import Wanted, stale_reasons
+from build_engine.device import DeviceInfo, probe
+from build_engine.errors import AccuracyGateError, ExportError, PrecisionError
+from build_engine.export import checkpoint_sha256
+from build_engine.pipeline import BuildRequest, build, default_precision, resolve_backend
+from edge_agent.errors import GalaxyEdgeError
+from edge_agent.manifest import BatchProfile, sha256_file
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # bad input or a failed build step: the message names the problem and the fix
+EXIT_USAGE = 2  # argparse
+EXIT_GATE = 3  # the accuracy gate refused the requested precision
+EXIT_STALE = 4  # --check: the bundle is missing, corrupt or built for something else
+
+EPILOG = """\
+exit codes: 0 ok, 1 bad input or failed build, 2 usage, 3 refused by the accuracy gate,
+4 --check found the bundle invalid or stale.
+Without TensorRT (any non-Jetson host) --backend auto writes an ONNX Runtime bundle."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build-engine",
+        description="Build a galaxy-edge bundle (TensorRT plan or ONNX Runtime model + manifest).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="training run directory or its .safetensors")
+    src.add_argument("--onnx", type=Path, help="an exported FP32 ONNX model")
+    p.add_argument("--out", type=Path, help="bundle directory to write (replaced atomically)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default=None,
+        help="default: fp16 for TensorRT, fp32 for ONNX Runtime",
+    )
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--calib-data", type=Path, help="labelled images for INT8: CSV, folders or .h5")
+    p.add_argument("--calib-size", type=_positive, default=256)
+    p.add_argument(
+        "--gate-data",
+        type=Path,
+        help="held-out labelled images for the gate (default: split from --calib-data)",
+    )
+    p.add_argument("--gate-size", type=_positive, default=200)
+    p.add_argument(
+        "--gate-threshold",
+        type=float,
+        default=1.0,
+        help="largest allowed top-1 drop, in percentage points (default 1.0)",
+    )
+    p.add_argument(
+        "--fallback",
+        choices=("fp16",),
+        default=None,
+        help="build FP16 when the gate refuses INT8 (said loudly, recorded)",
+    )
+    p.add_argument("--quantizer", choices=("auto", "modelopt", "onnxruntime"), default="auto")
+    p.add_argument("--calibration-method", choices=("entropy", "max"), default="entropy")
+    p.add_argument("--min-batch", type=_positive, default=1)
+    p.add_argument("--opt-batch", type=_positive, default=8)
+    p.add_argument("--max-batch", type=_positive, default=16)
+    p.add_argument("--workspace-mb", type=_positive, default=1024)
+    p.add_argument("--dla-core", type=int, default=None)
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="TensorRT timing cache file, read and updated (reused across builds)",
+    )
+    p.add_argument(
+        "--kernels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the CUDA preprocessing kernels into the bundle (default: with TensorRT)",
+    )
+    p.add_argument(
+        "--check",
+        type=Path,
+        metavar="BUNDLE",
+        help="exit 0 if BUNDLE is valid for this device (and the given model), else 4",
+    )
+    p.add_argument("--if-stale", action="store_true", help="rebuild --out only when --check fails")
+    p.add_argument("--no-progress", action="store_true", help="no TensorRT build progress bar")
+    return p
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except GalaxyEdgeError as exc:
+        print(f"build-engine: error: {exc}", file=sys.stderr)
+        return EXIT_GATE if isinstance(exc, AccuracyGateError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        print("build-engine: interrupted; no bundle was written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.check is None and args.out is None:
+        raise PrecisionError("nothing to do: give --out BUNDLE_DIR to build, or --check BUNDLE")
+    if args.check is None and args.checkpoint is None and args.onnx is None:
+        raise PrecisionError("give --checkpoint RUN|FILE or --onnx FILE to build from")
+    if args.if_stale and args.out is None:
+        raise PrecisionError("--if-stale needs --out BUNDLE_DIR (the bundle to check and rebuild)")
+    request = BuildRequest(
+        out=args.out or Path("."),
+        checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        precision=args.precision,
+        backend=args.backend,
+        calib_data=args.calib_data,
+        calib_size=args.calib_size,
+        gate_data=args.gate_data,
+        gate_size=args.gate_size,
+        gate_threshold=args.gate_threshold,
+        fallback=args.fallback,
+        batch=BatchProfile(min=args.min_batch, opt=args.opt_batch, max=args.max_batch),
+        workspace_mb=args.workspace_mb,
+        dla_core=args.dla_core,
+        timing_cache=args.timing_cache,
+        kernels=args.kernels,
+        quantizer=args.quantizer,
+        calibration_method=args.calibration_method,
+        progress=not args.no_progress,
+    )
+    device = probe()
+    if args.check is not None:
+        has_model = args.checkpoint is not None or args.onnx is not None
+        reasons = stale_reasons(args.check, device, _wanted(request, device) if has_model else None)
+        for reason in reasons:
+            print(f"{args.check}: {reason}")
+        if reasons:
+            return EXIT_STALE
+        print(f"{args.check}: valid for this device")
+        if args.out is None:
+            return EXIT_OK
+    if args.if_stale:
+        reasons = stale_reasons(args.out, device, _wanted(request, device))
+        if not reasons:
+            print(f"{args.out}: up to date, not rebuilt")
+            return EXIT_OK
+        _log(f"{args.out}: rebuilding: " + "; ".join(reasons))
+    manifest = build(request, device, _log)
+    gate = manifest.accuracy_gate
+    extra = f", gate delta {gate.delta_points:+.2f} points" if gate else ""
+    print(
+        f"{args.out}: {manifest.backend} {manifest.precision} bundle of {manifest.model.name}{extra}"
+    )
+    return EXIT_OK
+
+
+def _wanted(request: BuildRequest, device: DeviceInfo) -> Wanted:
+    """What a build with these options would produce, to compare with an existing bundle."""
+    backend, _ = resolve_backend(request, device)
+    source_sha = None
+    if request.onnx is not None:
+        if not request.onnx.is_file():
+            raise ExportError(f"{request.onnx}: ONNX file not found; pass --onnx FILE")
+        source_sha = sha256_file(request.onnx)
+    ckpt_sha = None
+    if request.checkpoint is not None:
+        ckpt_sha = checkpoint_sha256(request.checkpoint)
+        if ckpt_sha is None:
+            raise ExportError(
+                f"{request.checkpoint}: checkpoint not found; pass a training run directory"
+            )
+    return Wanted(
+        source_onnx_sha256=source_sha,
+        checkpoint_sha256=ckpt_sha,
+        backend=backend,
+        precision=request.precision or default_precision(backend),
+        batch=request.batch,
+        dla_core=request.dla_core,
+        accept_fp16_fallback=request.fallback == "fp16",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""INT8 by explicit quantization: Q/DQ nodes in the ONNX, calibrated on real images.
+
+TensorRT deprecated implicit INT8 calibrators in 10.1 and removed the precision flags in 11: an
+INT8 plan comes from an ONNX whose Q/DQ nodes say where INT8 is used. Rules, all checked after
+quantization by :func:`check_qdq`:
+
+- symmetric scales, every zero point 0 (TensorRT rejects anything else);
+- weights per output channel;
+- LayerNormalization, Softmax and residual Add stay out of INT8: they lose accuracy there and
+  TensorRT runs them in higher precision anyway. A quantizer may still let such an op read the
+  output of a DequantizeLinear that it shares with a quantized neighbour (a residual branch
+  that also feeds a Conv); :func:`detach_excluded_from_dq` rewires those inputs to the float
+  tensor, so excluded ops see no INT8 rounding at all.
+
+The quantizer is NVIDIA ModelOpt's ONNX PTQ where it imports (it places Q/DQ by TensorRT's
+fusion rules), else ONNX Runtime's ``quantize_static`` in QDQ format restricted to the compute
+ops. Which one ran is recorded in the manifest and printed, never chosen silently.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from build_engine.errors import CalibrationError, PrecisionError
+from build_engine.export import load_onnx
+
+if TYPE_CHECKING:
+    import onnx
+
+EXCLUDED_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "Add")
+# ONNX Runtime's quantizer would otherwise also wrap Reshape/Transpose/Mul... in Q/DQ pairs:
+# no INT8 gain on TensorRT and many needless precision boundaries.
+ORT_QUANTIZED_OPS: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+CALIBRATION_BATCH = 8
+_EXIT_NO_MODELOPT = 4
+
+Method = Literal["auto", "modelopt", "onnxruntime"]
+MethodName = Literal["qdq-modelopt", "qdq-onnxruntime"]
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What was quantized, how, and with what."""
+
+    method: MethodName
+    excluded_ops: tuple[str, ...]
+    calibration_images: int
+    qdq_pairs: int
+    detached_inputs: int
+    note: str = ""
+
+
+def _modelopt_without_stub_tensorrt() -> None:
+    """Stop ModelOpt from using a ``tensorrt`` that is only ``tensorrt-stubs``' namespace folder.
+
+    ModelOpt decides "TensorRT is installed" by ``import tensorrt`` succeeding, then calls
+    ``trt.Logger``; the stubs package (installed for type checking) makes that import succeed
+    with an empty module. Where the real TensorRT is present this changes nothing.
+    """
+    from modelopt.onnx import trt_utils
+
+    from build_engine.device import import_tensorrt
+
+    if import_tensorrt() is None:
+        trt_utils.TRT_PYTHON_AVAILABLE = False
+
+
+def _quantize_modelopt(src: Path, dst: Path, calib: np.ndarray, calibration_method: str) -> str | None:
+    """Run ModelOpt in a child Python process.
+
+    ModelOpt patches ONNX Runtime's quantization classes and its own logging process-wide and
+    for good (``ort_patching.patch_ort_modules``); ORT's ``quantize_static`` misbehaves after
+    that. A child process keeps this process's onnxruntime as it was (and frees ModelOpt's
+    memory when it exits). Returns why ModelOpt cannot be used here, or ``None`` after success.
+    """
+    import subprocess
+    import sys
+
+    calib_file = dst.with_suffix(".calib.npy")
+    np.save(calib_file, calib)
+    code = "import sys; from build_engine.quantize import _modelopt_worker; _modelopt_worker(*sys.argv[1:])"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(src), str(dst), str(calib_file), calibration_method],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        calib_file.unlink(missing_ok=True)
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {done.returncode}"
+    if done.returncode == _EXIT_NO_MODELOPT:
+        return f"nvidia-modelopt does not import ({last})"
+    if done.returncode != 0 or not dst.is_file():
+        raise CalibrationError(f"ModelOpt INT8 quantization failed: {last}")
+    return None
+
+
+def _modelopt_worker(src: str, dst: str, calib_file: str, calibration_method: str) -> None:
+    """Child-process body of :func:`_quantize_modelopt`: its last stderr line is the error."""
+    import sys
+
+    try:
+        _modelopt_without_stub_tensorrt()
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        raise SystemExit(_EXIT_NO_MODELOPT) from None
+
+    try:
+        quantize(
+            src,
+            quantize_mode="int8",
+            calibration_data={"input": np.load(calib_file)},
+            calibration_method=calibration_method,
+            calibration_eps=["cpu"],
+            op_types_to_exclude=list(EXCLUDED_OPS),
+            high_precision_dtype="fp32",
+            use_zero_point=False,
+            output_path=dst,
+            # ModelOpt logs to stdout (build-engine's result channel), and at ERROR level for
+            # the harmless absence of NVML on a CPU host: only its failures matter, and those
+            # raise.
+            log_level="CRITICAL",
+        )
+    except (RuntimeError, ValueError, KeyError, AssertionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{type(exc).__name__}: {first}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+class _BatchReader:
+    """ONNX Runtime's CalibrationDataReader protocol over an N x 3 x S x S array."""
+
+    def __init__(self, data: np.ndarray, input_name: str) -> None:
+        self.data, self.input_name, self.pos = data, input_name, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= len(self.data):
+            return None
+        batch = self.data[self.pos : self.pos + CALIBRATION_BATCH]
+        self.pos += CALIBRATION_BATCH
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+
+def _quantize_onnxruntime(src: Path, dst: Path, calib: np.ndarray, input_name: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(_BatchReader, CalibrationDataReader):
+        pass
+
+    model = load_onnx(src)
+    exclude = [n.name for n in model.graph.node if n.op_type in EXCLUDED_OPS]
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(calib, input_name),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(ORT_QUANTIZED_OPS),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+            },
+            calibration_providers=["CPUExecutionProvider"],
+        )
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CalibrationError(
+            f"ONNX Runtime INT8 quantization failed: {exc}".splitlines()[0]
+        ) from exc
+
+
+def unshare_constants(model: onnx.ModelProto, excluded: tuple[str, ...] = EXCLUDED_OPS) -> int:
+    """Give excluded ops their own copy of initializers they share with quantized ops.
+
+    onnxsim merges equal constants (e.g. the zero biases of a freshly initialised LayerNorm and
+    Linear); a quantizer then quantizes the shared tensor for the Linear and the LayerNorm reads
+    its INT8 copy. Returns how many inputs got a private copy.
+    """
+    inits = {init.name: init for init in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    copied = 0
+    for node in model.graph.node:
+        if node.op_type not in excluded:
+            continue
+        for k, name in enumerate(node.input):
+            if name in inits and users[name] > 1:
+                clone = model.graph.initializer.add()
+                clone.CopyFrom(inits[name])
+                clone.name = f"{name}__{node.op_type}_{copied}"
+                node.input[k] = clone.name
+                users[name] -= 1
+                copied += 1
+    return copied
+
+
+def detach_excluded_from_dq(
+    model: onnx.ModelProto, excluded: tuple[str, ...] = EXCLUDED_OPS
+) -> int:
+    """Feed excluded ops the float tensor instead of a shared Q->DQ copy of it; returns rewires."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.op_type not in excluded:
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                continue  # a DQ of a constant (INT8 weights): nothing float to go back to
+            node.input[k] = q.input[0]
+            rewired += 1
+    if rewired:
+        _prune_dead_qdq(model)
+    return rewired
+
+
+def _prune_dead_qdq(model: onnx.ModelProto) -> None:
+    """Drop Q/DQ nodes left without consumers by :func:`detach_excluded_from_dq`."""
+    graph_outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {name for node in model.graph.node for name in node.input} | graph_outputs
+        dead = [
+            node
+            for node in model.graph.node
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(out in used for out in node.output)
+        ]
+        if not dead:
+            return
+        for node in dead:
+            model.graph.node.remove(node)
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def qdq_nodes(model: onnx.ModelProto) -> list[Any]:
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def check_qdq(model: onnx.ModelProto, excluded: tuple[str, ...] = EXCLUDED_OPS) -> int:
+    """Raise :class:`PrecisionError` unless the Q/DQ graph is what TensorRT needs; returns pairs.
+
+    Every zero point is 0 (or absent, which means 0); no excluded op reads a DequantizeLinear of
+    anything; at least one Q/DQ pair exists (else nothing was quantized).
+    """
+    constants = _constant_values(model)
+    nodes = qdq_nodes(model)
+    for node in nodes:
+        if len(node.input) > 2 and node.input[2]:
+            zero_point = constants.get(node.input[2])
+            if zero_point is None:
+                raise PrecisionError(f"{node.name}: zero point {node.input[2]!r} is not a constant")
+            if np.any(zero_point != 0):
+                raise PrecisionError(
+                    f"{node.name}: non-zero zero point; TensorRT needs symmetric INT8 (report this bug)"
+                )
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type not in excluded:
+            continue
+        for name in node.input:
+            dq = producer.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                raise PrecisionError(
+                    f"{node.name or node.op_type}: excluded op reads INT8 input {name!r}"
+                )
+    quantizers = sum(1 for n in nodes if n.op_type == "QuantizeLinear")
+    if quantizers == 0:
+        raise PrecisionError(
+            "INT8 quantization inserted no Q/DQ nodes; the model has no Conv/MatMul/Gemm?"
+        )
+    return quantizers
+
+
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    calib: np.ndarray,
+    *,
+    method: Method = "auto",
+    calibration_method: Literal["entropy", "max"] = "entropy",
+) -> QuantizeReport:
+    """Quantize ``src`` (FP32 ONNX) to ``dst`` (INT8 Q/DQ) with calibration inputs ``calib``."""
+    import onnx
+
+    if calib.ndim != 4 or len(calib) == 0:
+        raise CalibrationError("calibration set is empty; pass --calib-data with labelled images")
+    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    note = ""
+    chosen: MethodName = "qdq-onnxruntime" if method == "onnxruntime" else "qdq-modelopt"
+    with tempfile.TemporaryDirectory(prefix="quantize-") as scratch:
+        prepared, raw = Path(scratch) / "prepared.onnx", Path(scratch) / "qdq.onnx"
+        source = load_onnx(src)
+        unshare_constants(source)
+        onnx.save(source, str(prepared))
+        if chosen == "qdq-modelopt":
+            problem = _quantize_modelopt(prepared, raw, calib, calibration_method)
+            if problem is not None:
+                if method == "modelopt":
+                    raise CalibrationError(
+                        f"{problem}; pip install nvidia-modelopt or use --quantizer onnxruntime"
+                    )
+                chosen, note = "qdq-onnxruntime", f"ModelOpt not used: {problem}"
+        if chosen == "qdq-onnxruntime":
+            _quantize_onnxruntime(prepared, raw, calib, source.graph.input[0].name)
+        model = onnx.load(str(raw))
+    detached = detach_excluded_from_dq(model)
+    pairs = check_qdq(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return QuantizeReport(
+        method=chosen,
+        excluded_ops=EXCLUDED_OPS,
+        calibration_images=len(calib),
+        qdq_pairs=pairs,
+        detached_inputs=detached,
+        note=note,
+    )

@@ -1,0 +1,315 @@
+"""The daemon: bundle, backend, sources, pipeline and publisher, under systemd's eye.
+
+Order matters. The bundle is verified and the backend warmed up before anything is consumed,
+and READY=1 goes to systemd only then, so ``systemctl start`` returns when frames are really
+being classified. WATCHDOG=1 comes from the infer loop itself: a wedged model stops the pings
+and systemd restarts us. SIGTERM drains what is queued and flushes the outbox within
+``drain_timeout_s``; what does not fit stays durable (outbox, ledger, broker session) for the next
+start. SIGHUP loads the config and bundle again and swaps them in between two batches.
+Signal handlers only set flags: the work happens in :meth:`Agent.run`'s thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent import payloads, sd_notify
+from edge_agent.backends.base import Backend
+from edge_agent.backends.factory import create_backend
+from edge_agent.config import AgentConfig, SourceConfig, load_config
+from edge_agent.errors import GalaxyEdgeError
+from edge_agent.ledger import Ledger
+from edge_agent.manifest import Manifest, load_bundle
+from edge_agent.mqtt_client import MqttPublisher
+from edge_agent.outbox import Outbox
+from edge_agent.pipeline import Pipeline
+from edge_agent.quarantine import Quarantine
+from edge_agent.sources.base import FrameHub, Source
+from edge_agent.sources.factory import create_source
+from edge_agent.stats import Stats
+
+log = logging.getLogger(__name__)
+STATUS_EVERY_S = 2.0
+
+
+class AgentError(GalaxyEdgeError):
+    """The agent cannot start or its pipeline died."""
+
+
+def load_backend(config: AgentConfig) -> tuple[Manifest, Backend]:
+    """Verify the bundle (hashes, device) and load it in its backend, warmed up."""
+    manifest = load_bundle(config.bundle)
+    p = config.pipeline
+    backend = create_backend(
+        config.bundle,
+        manifest,
+        p.backend,
+        use_cuda=p.onnxruntime_cuda,
+        intra_op_threads=p.intra_op_threads,
+        spinning=p.intra_op_spinning,
+    )
+    backend.warmup()
+    return manifest, backend
+
+
+def model_info(manifest: Manifest, backend: Backend) -> dict[str, Any]:
+    return {
+        "name": manifest.model.name,
+        "sha256": manifest.files.get(manifest.model_file, manifest.source_onnx_sha256),
+        "precision": manifest.precision,
+        "backend": backend.name,
+        "input_size": manifest.preprocess.input_size,
+    }
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.stats = Stats()
+        self.hub = FrameHub()
+        self.sources: dict[str, tuple[SourceConfig, Source]] = {}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wd_interval = sd_notify.watchdog_interval_s()
+        self._last_wd = 0.0
+        self._last_status = 0.0
+        self.ready_after_s: float | None = None
+        self._t0 = time.monotonic()
+
+    # --- start -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.manifest, self.backend = load_backend(cfg)
+        self.outbox = Outbox(
+            cfg.mqtt.outbox.path, cfg.mqtt.outbox.max_bytes, cfg.mqtt.outbox.max_age_s
+        )
+        self.ledger = Ledger(cfg.state_dir / "ledger.sqlite3")
+        self.quarantine = Quarantine(cfg.quarantine_dir)
+        self.pipeline = Pipeline(
+            cfg,
+            self.hub,
+            self.backend,
+            self.outbox,
+            self.quarantine,
+            self.stats,
+            heartbeat=self._heartbeat,
+        )
+        if self._wd_interval is not None:
+            self.pipeline.idle_timeout_s = min(0.5, self._wd_interval / 2)
+        self.publisher = self._make_publisher(cfg)
+        for sc in cfg.sources:
+            self.sources[sc.display_name] = (
+                sc,
+                create_source(
+                    sc, self.hub, ledger=self.ledger, mqtt=cfg.mqtt, device_id=cfg.device_id
+                ),
+            )
+        self.pipeline.start()
+        self.publisher.start()
+        for _, source in self.sources.values():
+            source.start()
+        self.ready_after_s = time.monotonic() - self._t0
+        log.info(
+            "ready in %.2f s: %s (%s, %s) from %s",
+            self.ready_after_s,
+            self.manifest.model.name,
+            self.backend.name,
+            self.manifest.precision,
+            cfg.bundle,
+        )
+        sd_notify.ready(self.status_line())
+
+    def _make_publisher(self, cfg: AgentConfig) -> MqttPublisher:
+        secret = cfg.mqtt.password()
+        return MqttPublisher(
+            cfg.mqtt,
+            self.outbox,
+            cfg.device_id,
+            model_info(self.manifest, self.backend),
+            password=secret.get_secret_value() if secret is not None else None,
+        )
+
+    # --- running ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def run(self) -> int:
+        """Serve until asked to stop; returns the process exit code."""
+        next_stats = time.monotonic() + self.config.stats_interval_s
+        try:
+            while not self._stop.wait(0.2):
+                if not self.pipeline.alive():
+                    log.error("pipeline stopped: %s", self.pipeline.failure)
+                    self.shutdown()
+                    return 1
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + self.config.stats_interval_s
+                    self.publish_stats()
+        except GalaxyEdgeError as exc:
+            log.error("%s", exc)
+            self.shutdown()
+            return 1
+        self.shutdown()
+        return 0
+
+    def _heartbeat(self) -> None:
+        """Called by the infer loop at every turn (at most ``idle_timeout_s`` apart)."""
+        now = time.monotonic()
+        if self._wd_interval is not None and now - self._last_wd >= self._wd_interval:
+            sd_notify.watchdog()
+            self._last_wd = now
+        if now - self._last_status >= STATUS_EVERY_S:
+            self._last_status = now
+            sd_notify.status(self.status_line())
+
+    def status_line(self) -> str:
+        s = self.stats.snapshot()
+        p99 = s.latency_ms.get("total", {}).get("p99")
+        lat = f", p99 {p99:.0f} ms" if p99 is not None else ""
+        return (
+            f"{s.fps_in:.1f} fps in, {s.fps_out:.1f} out, {s.frames_out} done, "
+            f"{s.errors} rejected, queue {self.hub.depth()}, outbox {self.outbox.depth()}{lat}"
+        )
+
+    def stats_body(self) -> dict[str, Any]:
+        s = self.stats.snapshot()
+        return payloads.stats_payload(
+            at=time.time(),
+            uptime_s=s.uptime_s,
+            frames_in=s.frames_in,
+            frames_out=s.frames_out,
+            errors=s.errors,
+            fps_in=s.fps_in,
+            fps_out=s.fps_out,
+            latency_ms=s.latency_ms,
+            queue_depth=self.hub.depth() + len(self.pipeline.batcher),
+            frames_dropped=self.hub.dropped(),
+            outbox_depth=self.outbox.depth(),
+            outbox_bytes=self.outbox.bytes(),
+            outbox_dropped=self.outbox.dropped(),
+            mqtt=self.publisher.counters(),
+        )
+
+    def publish_stats(self) -> bool:
+        """``stats`` at QoS 0 outside the outbox: when offline it is skipped, not queued."""
+        body = self.stats_body()
+        t = payloads.topic(self.config.mqtt.topic_prefix, self.config.device_id, "stats")
+        return self.publisher.publish_direct(t, payloads.to_bytes(body), qos=0)
+
+    # --- reload ----------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """SIGHUP: new config and bundle, swapped in between batches; queued frames are kept.
+
+        A config or bundle that does not load leaves the running one in place (logged).
+        Settings that name durable state (device id, outbox, state dir) need a restart.
+        """
+        sd_notify.reloading()
+        try:
+            if self.config_path is None:
+                raise AgentError("no config file to reload from")
+            new = load_config(self.config_path)
+            old = self.config
+            fixed = [
+                k
+                for k in ("device_id", "state_dir", "quarantine_dir")
+                if getattr(new, k) != getattr(old, k)
+            ]
+            if new.mqtt.outbox != old.mqtt.outbox:
+                fixed.append("mqtt.outbox")
+            if fixed:
+                raise AgentError(f"reload: {', '.join(fixed)} changed; restart the agent for that")
+            manifest, backend = load_backend(new)
+        except GalaxyEdgeError as exc:  # ConfigError included
+            for line in str(exc).splitlines():
+                log.error("reload refused, still running the old config: %s", line)
+            sd_notify.ready(self.status_line())
+            return False
+        old_backend = self.pipeline.swap(new, backend)
+        self._wait_swapped()
+        if old_backend is not backend:
+            old_backend.close()
+        self.manifest, self.backend, self.config = manifest, backend, new
+        self._reload_sources(new)
+        if new.mqtt != old.mqtt:
+            self.publisher.stop(timeout=5.0)
+            self.publisher = self._make_publisher(new)
+            self.publisher.start()
+        else:
+            self.publisher.update_model_info(model_info(manifest, backend))
+        log.info("reloaded %s: %s", self.config_path, manifest.model.name)
+        sd_notify.ready(self.status_line())
+        return True
+
+    def _wait_swapped(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pipeline._pending_swap is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _reload_sources(self, new: AgentConfig) -> None:
+        wanted = {sc.display_name: sc for sc in new.sources}
+        for name, (sc, source) in list(self.sources.items()):
+            if wanted.get(name) != sc:
+                source.stop()  # its queued frames stay in the hub and are still classified
+                del self.sources[name]
+        for name, sc in wanted.items():
+            if name not in self.sources:
+                source = create_source(
+                    sc, self.hub, ledger=self.ledger, mqtt=new.mqtt, device_id=new.device_id
+                )
+                source.start()
+                self.sources[name] = (sc, source)
+
+    # --- stop ------------------------------------------------------------------------------
+
+    def shutdown(self) -> bool:
+        """Stop intake, classify what is queued, flush the outbox; True if all of it fit."""
+        budget = self.config.drain_timeout_s
+        deadline = time.monotonic() + budget
+        sd_notify.stopping(
+            f"draining {self.hub.depth()} queued frames, outbox {self.outbox.depth()}"
+        )
+        for _, source in self.sources.values():
+            source.pause()
+        while (
+            self.pipeline.alive()
+            and not self.pipeline.idle()
+            and time.monotonic() < deadline - 0.2 * budget
+        ):
+            time.sleep(0.05)
+        frames_drained = self.pipeline.idle()
+        self.pipeline.stop_prepare.set()
+        self.pipeline.batcher.close()
+        self.pipeline.stop_infer.set()
+        self.pipeline.join(max(0.5, deadline - time.monotonic() - 0.1 * budget))
+        flushed = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
+        for _, source in self.sources.values():
+            source.stop(timeout=1.0)
+        left = self.outbox.depth()
+        self.outbox.close()
+        self.ledger.close()
+        self.backend.close()
+        log.info(
+            "stopped: queue %s, %d messages kept in the outbox for the next start",
+            "drained" if frames_drained else "NOT drained (replayed at next start)",
+            left,
+        )
+        return frames_drained and flushed
+
+
+def build_agent(config_path: Path) -> Agent:
+    """Agent for a config file (raises :class:`ConfigError` listing every problem)."""
+    return Agent(load_config(config_path), config_path)

@@ -1,0 +1,106 @@
+"""``edge-agent check``: everything that can be verified before starting, one line per problem.
+
+Config (every mistake with its line), bundle (hashes, device, loadable by its backend), the
+folders the agent writes, the MQTT password, and one connection to the broker. Returns the list
+of problems so :mod:`edge_agent.cli` prints them and sets the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.agent import load_backend
+from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_config
+from edge_agent.errors import GalaxyEdgeError
+from edge_agent.sources.base import SourceError
+from edge_agent.sources.factory import SCHEMES, dir_path
+from edge_agent.sources.mqtt_frames import configure_client
+
+
+def probe_broker(config: MqttConfig, timeout_s: float = 5.0) -> str | None:
+    """Connect once and disconnect; ``None`` when the broker accepted us, else why not."""
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"{config.client_id or 'galaxy-edge'}-check-{os.getpid()}",
+        protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311,
+    )
+    outcome: list[str | None] = []
+    done = threading.Event()
+
+    def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+        outcome.append(f"broker refused the connection: {reason}" if reason.is_failure else None)
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        configure_client(client, config)
+        client.connect(config.host, config.port, keepalive=config.keepalive)
+    except (OSError, ValueError) as exc:
+        return f"mqtt: cannot reach {config.host}:{config.port} ({exc}); is the broker running?"
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            return f"mqtt: no CONNACK from {config.host}:{config.port} within {timeout_s:.0f} s"
+        return f"mqtt: {outcome[0]}" if outcome[0] else None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _writable(path: Path, what: str) -> str | None:
+    target = path
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not os.access(target, os.W_OK):
+        return f"{what}: {path} is not writable by this user; fix permissions or the path"
+    return None
+
+
+def check(config_path: Path, *, broker: bool = True) -> list[str]:
+    """Every problem found, one line each; empty when the agent can start."""
+    try:
+        config: AgentConfig = load_config(config_path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    problems: list[str] = []
+    for sc in config.sources:
+        if sc.scheme not in SCHEMES:
+            problems.append(
+                f"{sc.uri}: unknown source scheme {sc.scheme!r}; use one of {', '.join(SCHEMES)}"
+            )
+        elif sc.scheme == "dir":
+            try:
+                folder = dir_path(sc.uri)
+            except SourceError as exc:
+                problems.append(str(exc))
+                continue
+            if not folder.is_dir():
+                problems.append(f"{sc.uri}: {folder} is not a folder; create it or fix the uri")
+    for what, path in (
+        ("state_dir", config.state_dir),
+        ("quarantine_dir", config.quarantine_dir),
+        ("mqtt.outbox.path", config.mqtt.outbox.path.parent),
+    ):
+        problem = _writable(path, what)
+        if problem:
+            problems.append(problem)
+    try:
+        _, backend = load_backend(config)
+        backend.close()
+    except GalaxyEdgeError as exc:
+        problems.append(f"bundle {config.bundle}: {exc}")
+    try:
+        config.mqtt.password()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return problems
+    if broker:
+        problem = probe_broker(config.mqtt)
+        if problem:
+            problems.append(problem)
+    return problems

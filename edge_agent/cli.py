@@ -1,0 +1,81 @@
+"""``edge-agent``: run the daemon, check a deployment, print the version.
+
+Thin on purpose: parsing, logging set-up, signals, and turning typed errors into one-line
+messages and exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from edge_agent import __version__
+from edge_agent.config import ConfigError, load_config
+from edge_agent.errors import GalaxyEdgeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Galaxy10 classifier daemon")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon (systemd Type=notify)")
+    run.add_argument("--config", type=Path, required=True, help="YAML config file")
+    chk = sub.add_parser("check", help="validate config and bundle, try the broker")
+    chk.add_argument("config_file", type=Path, nargs="?", help="YAML config file")
+    chk.add_argument("--config", type=Path, help="YAML config file (same as the positional)")
+    chk.add_argument("--no-broker", action="store_true", help="skip the broker connection")
+    return parser
+
+
+def _run(config_path: Path) -> int:
+    from edge_agent.agent import Agent  # after parsing: --help stays fast
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"edge-agent: {line}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(levelname)s %(name)s: %(message)s",  # journald adds the time
+    )
+    agent = Agent(config, config_path)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        agent.request_stop()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        agent.request_reload()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        agent.start()
+    except GalaxyEdgeError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    return agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.config)
+    path = args.config or args.config_file
+    if path is None:
+        print("edge-agent check: give the config file (edge-agent check FILE)", file=sys.stderr)
+        return 2
+    from edge_agent.check import check
+
+    problems = check(path, broker=not args.no_broker)
+    for line in problems:
+        print(f"edge-agent: {line}", file=sys.stderr)
+    if not problems:
+        print(f"edge-agent: {path}: config, bundle and broker OK")
+    return 1 if problems else 0

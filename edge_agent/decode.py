@@ -1,0 +1,305 @@
+"""Encoded image bytes (PNG, JPEG, TIFF, NPY, FITS) to the uint8 H x W x 3 RGB frames the model sees.
+
+The type comes from the magic bytes, never from the file name: a receiver that writes a FITS
+file as ``.jpg`` still gets classified, and a text file named ``.png`` is rejected as
+``wrong_type``. Every rejection is a :class:`DecodeError` with a reason code that the quarantine
+and the ``errors`` topic carry: ``corrupt``, ``truncated``, ``oversized``, ``wrong_type``,
+``unsupported``. Data deeper than 8 bits (16-bit PNG/TIFF, float NPY/FITS) is stretched to 8 bits
+by the configured :class:`~edge_agent.config.StretchConfig`; NaN and infinities become black.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from edge_agent.config import ALL_FORMATS, DecodeConfig, StretchConfig
+from edge_agent.errors import GalaxyEdgeError
+
+Reason = Literal["corrupt", "truncated", "oversized", "wrong_type", "unsupported"]
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_NPY = b"\x93NUMPY"
+_FITS = b"SIMPLE  ="
+_OTHER_IMAGES = {b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP", b"\x00\x00\x00\x0cjP": "JPEG 2000"}
+
+
+class DecodeError(GalaxyEdgeError):
+    """An input that cannot become a frame; ``reason`` is one of the codes of :data:`Reason`."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        self.reason: Reason = reason
+        super().__init__(message)
+
+
+def sniff(data: bytes) -> str | None:
+    """The format name of ``data`` from its first bytes, or ``None`` when it is no known image."""
+    if data.startswith(_PNG):
+        return "png"
+    if data.startswith(_JPEG):
+        return "jpeg"
+    if data[:4] in _TIFF:
+        return "tiff"
+    if data.startswith(_NPY):
+        return "npy"
+    if data.startswith(_FITS):
+        return "fits"
+    return None
+
+
+def decode_file(
+    path: Path, config: DecodeConfig, formats: Collection[str] = ALL_FORMATS
+) -> np.ndarray:
+    """Read ``path`` (refusing it unread when larger than ``max_bytes``) and decode it."""
+    size = Path(path).stat().st_size
+    if size > config.max_bytes:
+        raise DecodeError("oversized", f"{size} bytes, above decode.max_bytes={config.max_bytes}")
+    return decode_bytes(Path(path).read_bytes(), config, formats)
+
+
+def decode_bytes(
+    data: bytes, config: DecodeConfig, formats: Collection[str] = ALL_FORMATS
+) -> np.ndarray:
+    """Encoded bytes to a contiguous uint8 H x W x 3 RGB array; raises :class:`DecodeError`."""
+    if len(data) == 0:
+        raise DecodeError("truncated", "empty input (0 bytes)")
+    if len(data) > config.max_bytes:
+        raise DecodeError(
+            "oversized", f"{len(data)} bytes, above decode.max_bytes={config.max_bytes}"
+        )
+    kind = sniff(data)
+    if kind is None:
+        for magic, name in _OTHER_IMAGES.items():
+            if data.startswith(magic):
+                raise DecodeError(
+                    "unsupported", f"{name} images are not supported; send PNG/JPEG/TIFF/NPY/FITS"
+                )
+        raise DecodeError(
+            "wrong_type", "not an image: the first bytes match no PNG/JPEG/TIFF/NPY/FITS"
+        )
+    if kind not in formats:
+        raise DecodeError(
+            "unsupported", f"{kind} is not among this source's formats ({', '.join(formats)})"
+        )
+    if kind == "npy":
+        array = _decode_npy(data, config)
+    elif kind == "fits":
+        array = _decode_fits(data, config)
+    else:
+        array = _decode_opencv(data, kind, config)
+    return _to_rgb8(array, config.stretch, bgr=kind in ("png", "jpeg", "tiff"))
+
+
+# --- OpenCV formats ------------------------------------------------------------------------
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return height, width
+        i += 2 + length
+    return None
+
+
+def _check_pixels(height: int, width: int, config: DecodeConfig) -> None:
+    if height * width > config.max_pixels:
+        raise DecodeError(
+            "oversized", f"{width}x{height} pixels, above decode.max_pixels={config.max_pixels}"
+        )
+
+
+def _decode_opencv(data: bytes, kind: str, config: DecodeConfig) -> np.ndarray:
+    size = _png_size(data) if kind == "png" else _jpeg_size(data) if kind == "jpeg" else None
+    if size is not None:
+        _check_pixels(*size, config)
+    if kind == "png" and not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
+        raise DecodeError("truncated", "PNG without its IEND chunk: the file was cut short")
+    if kind == "jpeg" and b"\xff\xd9" not in data[-64:]:
+        raise DecodeError(
+            "truncated", "JPEG without its end-of-image marker: the file was cut short"
+        )
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise DecodeError("corrupt", f"{kind.upper()} data that OpenCV cannot decode")
+    _check_pixels(image.shape[0], image.shape[1], config)
+    return image
+
+
+# --- NPY -----------------------------------------------------------------------------------
+
+
+def _decode_npy(data: bytes, config: DecodeConfig) -> np.ndarray:
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise DecodeError("corrupt", f"NPY header unreadable ({exc})") from exc
+    if dtype.hasobject:
+        raise DecodeError("unsupported", "NPY of Python objects (pickles are never loaded)")
+    if dtype.kind not in "buif":
+        raise DecodeError("unsupported", f"NPY of dtype {dtype} (need integers or floats)")
+    spatial = _npy_spatial(shape)
+    _check_pixels(*spatial, config)
+    needed = stream.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) < needed:
+        raise DecodeError("truncated", f"NPY holds {len(data)} of its {needed} bytes")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DecodeError("corrupt", f"NPY data unreadable ({exc})") from exc
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, 2)  # C x H x W (as models store it) to H x W x C
+    return np.ascontiguousarray(array)
+
+
+def _npy_spatial(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3 and shape[2] in (1, 3, 4):
+        return shape[0], shape[1]
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return shape[1], shape[2]
+    raise DecodeError(
+        "unsupported", f"NPY of shape {shape}: need H x W, H x W x 1|3|4 or 1|3 x H x W"
+    )
+
+
+# --- FITS ----------------------------------------------------------------------------------
+
+
+def _decode_fits(data: bytes, config: DecodeConfig) -> np.ndarray:
+    from astropy.io import fits  # lazy: astropy takes a second to import and most inputs are JPEG
+
+    if len(data) % 2880 != 0:
+        # Every FITS file is a whole number of 2880-byte blocks: anything else was cut short.
+        raise DecodeError("truncated", f"FITS of {len(data)} bytes, not a multiple of 2880")
+    try:
+        with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False) as hdus:
+            hdu = _pick_hdu(hdus, config)
+            shape = tuple(int(n) for n in hdu.shape)
+            if len(shape) >= 2:
+                _check_pixels(shape[-2], shape[-1], config)
+            array = np.asarray(hdu.data)
+    except DecodeError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise DecodeError("corrupt", f"FITS unreadable ({type(exc).__name__}: {exc})") from exc
+    array = np.squeeze(array)
+    if array.ndim == 3:
+        bands = config.fits.bands
+        if bands is None:
+            if array.shape[0] not in (1, 3):
+                raise DecodeError(
+                    "unsupported",
+                    f"FITS cube of {array.shape[0]} planes; set decode.fits.bands to 1 or 3 of them",
+                )
+            bands = list(range(array.shape[0]))
+        if max(bands) >= array.shape[0]:
+            raise DecodeError(
+                "unsupported",
+                f"decode.fits.bands {bands} outside the cube's {array.shape[0]} planes",
+            )
+        array = np.moveaxis(array[bands], 0, 2)
+    elif array.ndim != 2:
+        raise DecodeError("unsupported", f"FITS image of {array.ndim} dimensions (need 2 or 3)")
+    # FITS rows run bottom-up; flip so the frame looks as a viewer (ds9, astropy) shows it.
+    return np.ascontiguousarray(array[::-1]).astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _pick_hdu(hdus: Any, config: DecodeConfig) -> Any:
+    if config.fits.hdu is not None:
+        if config.fits.hdu >= len(hdus):
+            raise DecodeError(
+                "unsupported", f"FITS has {len(hdus)} HDUs, decode.fits.hdu={config.fits.hdu}"
+            )
+        return hdus[config.fits.hdu]
+    for hdu in hdus:
+        if getattr(hdu, "is_image", False) and hdu.data is not None and hdu.data.ndim >= 2:
+            return hdu
+    raise DecodeError("unsupported", "FITS without an image HDU")
+
+
+# --- to 8-bit RGB --------------------------------------------------------------------------
+
+
+def stretch(data: np.ndarray, config: StretchConfig) -> np.ndarray:
+    """Any numeric array to uint8 by the configured stretch; non-finite values become 0.
+
+    Percentiles are taken over the finite values of this array (all bands together; the caller
+    stretches bands one by one when it wants them balanced separately).
+    """
+    x = data.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    values = x[finite]
+    if values.size == 0:
+        return np.zeros(x.shape, dtype=np.uint8)
+    if values.size > 1_000_000:  # percentiles of a regular subsample: same answer, far faster
+        values = values[:: values.size // 1_000_000]
+    if config.method == "linear":
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        lo, hi = (
+            float(v) for v in np.percentile(values, [config.low_percentile, config.high_percentile])
+        )
+    if hi <= lo:
+        return np.where(finite & (x > lo), 255, 0).astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        y = np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+        if config.method == "asinh":
+            a = np.float32(config.asinh_a)
+            y = np.arcsinh(y / a) / np.arcsinh(np.float32(1.0) / a)
+    y = np.where(finite, y, 0.0)
+    return np.rint(y * 255.0).astype(np.uint8)
+
+
+def _to_rgb8(array: np.ndarray, config: StretchConfig, *, bgr: bool) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] == 2:  # grey + alpha
+        array = array[:, :, :1]
+    if array.ndim == 3 and array.shape[2] == 4:  # drop alpha
+        array = array[:, :, :3]
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise DecodeError("unsupported", f"image of shape {array.shape}: need 1, 3 or 4 bands")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise DecodeError("corrupt", f"image of shape {array.shape} has no pixels")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if array.dtype != np.uint8:
+        if array.ndim == 3:
+            array = np.stack([stretch(array[:, :, c], config) for c in range(3)], axis=2)
+        else:
+            array = stretch(array, config)
+    if array.ndim == 2:
+        return np.ascontiguousarray(np.repeat(array[:, :, None], 3, axis=2))
+    if bgr:
+        array = array[:, :, ::-1]
+    return np.ascontiguousarray(array)

@@ -1,0 +1,326 @@
+"""sources -> decode -> preprocess -> dynamic batch -> infer -> results -> outbox.
+
+Two threads so that decoding overlaps inference (ONNX Runtime and TensorRT release the GIL):
+the *prepare* thread takes frames from the sources' queues, decodes them and (unless the backend
+preprocesses on the GPU) runs the CPU reference preprocessing; the *infer* loop batches, runs the
+model, and writes the results of a batch to the outbox in ONE transaction, THEN acknowledges the
+frames (ledger done, MQTT PUBACK). A crash anywhere before the outbox commit replays the frames;
+after it, the outbox replays the messages: at-least-once end to end.
+A bad input is quarantined with an ``errors`` message and the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent import payloads
+from edge_agent.backends.base import Backend
+from edge_agent.batcher import Batcher
+from edge_agent.config import AgentConfig, PipelineConfig
+from edge_agent.decode import DecodeError, decode_bytes, decode_file
+from edge_agent.errors import PreprocessError
+from edge_agent.outbox import Outbox, PendingMessage
+from edge_agent.preprocess import PreprocessSpec, check_frame, preprocess_frame
+from edge_agent.quarantine import Quarantine, QuarantineError
+from edge_agent.results import classify
+from edge_agent.sources.base import Frame, FrameHub
+from edge_agent.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A decoded frame waiting for a batch, with what its stages cost so far (seconds)."""
+
+    frame: Frame
+    image: np.ndarray
+    tensor: np.ndarray | None
+    spec: PreprocessSpec | None
+    decode_s: float
+    preprocess_s: float
+    ready_mono: float = field(default_factory=time.perf_counter)
+
+
+def preprocess_cpu(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The CPU reference, with its identity case done in one pass.
+
+    A frame already S x S samples every pixel at its own centre (weights exactly 0 and 1), so
+    the reference reduces to ``x * scale + offset`` in float32: the same two float32 operations,
+    hence the same bits (a test checks it), at a tenth of the cost.
+    """
+    s = spec.input_size
+    if image.shape[0] != s or image.shape[1] != s:
+        return preprocess_frame(image, spec)
+    out = np.empty((3, s, s), dtype=np.float32)
+    np.multiply(image.transpose(2, 0, 1), np.float32(spec.scale), out=out)
+    out += np.float32(spec.offset)
+    return out
+
+
+def uses_gpu_preprocessing(backend: Backend, device: str) -> bool:
+    """Whether frames go to the backend undecoded-to-tensor (its own CUDA preprocessing)."""
+    overrides = type(backend).infer_frames is not Backend.infer_frames
+    if device == "cuda" and not overrides:
+        from edge_agent.backends.base import BackendError
+
+        raise BackendError(
+            f"pipeline.preprocess_device is cuda but the {backend.name} backend has no GPU "
+            "preprocessing; use a TensorRT bundle or set preprocess_device: auto"
+        )
+    return overrides and device != "cpu"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: AgentConfig,
+        hub: FrameHub,
+        backend: Backend,
+        outbox: Outbox,
+        quarantine: Quarantine,
+        stats: Stats,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.hub = hub
+        self.outbox = outbox
+        self.quarantine = quarantine
+        self.stats = stats
+        self.heartbeat = heartbeat
+        self.batcher: Batcher[Prepared] = Batcher(config.pipeline.ready_queue)
+        self._lock = threading.Lock()
+        self._pending_swap: tuple[AgentConfig, Backend] | None = None
+        self._apply(config, backend)
+        self.stop_prepare = threading.Event()
+        self.stop_infer = threading.Event()
+        self.failure: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+        self.idle_timeout_s = 0.5
+        self.in_prepare = 0  # frames taken from a queue and not yet in the batcher (drain check)
+
+    def _apply(self, config: AgentConfig, backend: Backend) -> None:
+        self.config = config
+        self.pcfg: PipelineConfig = config.pipeline
+        self.backend = backend
+        self.gpu_pre = uses_gpu_preprocessing(backend, self.pcfg.preprocess_device)
+        self.spec = backend.manifest.preprocess
+        self.max_batch = max(1, min(self.pcfg.max_batch, backend.max_batch))
+        manifest = backend.manifest
+        self.model_name = manifest.model.name
+        self.model_sha = manifest.files.get(manifest.model_file, manifest.source_onnx_sha256)
+        self.precision = manifest.precision
+        prefix, device = config.mqtt.topic_prefix, config.device_id
+        self.topic_results = payloads.topic(prefix, device, "classifications")
+        self.topic_errors = payloads.topic(prefix, device, "errors")
+        self.qos = config.mqtt.qos
+
+    def swap(self, config: AgentConfig, backend: Backend) -> Backend:
+        """Use a new config and backend from the next batch on; returns the old backend.
+
+        Queued frames are kept: prepared tensors made for another preprocessing spec are made
+        again from their decoded image before they run.
+        """
+        with self._lock:
+            old = self.backend
+            self._pending_swap = (config, backend)
+        return old
+
+    # --- threads ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in ((self._prepare_loop, "prepare"), (self._infer_loop, "infer")):
+            t = threading.Thread(target=self._guard(target), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported to the agent, which stops with an error
+                log.exception("%s thread failed", threading.current_thread().name)
+                self.failure = exc
+                self.stop_prepare.set()
+                self.stop_infer.set()
+
+        return run
+
+    def alive(self) -> bool:
+        return self.failure is None and all(t.is_alive() for t in self._threads)
+
+    def idle(self) -> bool:
+        """Nothing queued, being decoded or waiting for a batch."""
+        return self.hub.depth() == 0 and self.in_prepare == 0 and len(self.batcher) == 0
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    # --- prepare ---------------------------------------------------------------------------
+
+    def _prepare_loop(self) -> None:
+        while not self.stop_prepare.is_set():
+            frame = self.hub.get(timeout=0.2)
+            if frame is None:
+                continue
+            self.in_prepare = 1
+            try:
+                self.stats.frame_in()
+                prepared = self.prepare(frame)
+                if prepared is not None:
+                    while not self.batcher.put(prepared, timeout=0.5):
+                        if self.stop_infer.is_set():
+                            return
+            finally:
+                self.in_prepare = 0
+
+    def prepare(self, frame: Frame) -> Prepared | None:
+        """Decode and preprocess one frame; a bad one is rejected here (``None``)."""
+        t0 = time.perf_counter()
+        dcfg = self.config.decode
+        formats = frame.formats or ("png", "jpeg", "tiff", "npy", "fits")
+        try:
+            if frame.image is not None:
+                image = frame.image
+            elif frame.path is not None:
+                image = decode_file(frame.path, dcfg, formats)
+            elif frame.data is not None:
+                image = decode_bytes(frame.data, dcfg, formats)
+            else:
+                raise DecodeError("corrupt", "frame without data")
+            check_frame(image)
+            t1 = time.perf_counter()
+            spec = self.spec
+            tensor = None if self.gpu_pre else preprocess_cpu(image, spec)
+            t2 = time.perf_counter()
+        except DecodeError as exc:
+            self.reject(frame, exc.reason, str(exc))
+            return None
+        except PreprocessError as exc:
+            self.reject(frame, "corrupt", str(exc))
+            return None
+        except OSError as exc:  # the file vanished or cannot be read: nothing to quarantine
+            log.warning("%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc)
+            self.stats.error()
+            frame.done()
+            return None
+        return Prepared(frame, image, tensor, None if self.gpu_pre else spec, t1 - t0, t2 - t1)
+
+    def reject(self, frame: Frame, reason: str, detail: str) -> None:
+        """Quarantine a bad input, publish an ``errors`` message, then let the source forget it."""
+        self.stats.error()
+        where: str | None = None
+        quarantined = True
+        try:
+            if frame.path is not None:
+                where = str(
+                    self.quarantine.put_file(
+                        frame.path, source=frame.source, reason=reason, message=detail
+                    )
+                )
+            elif frame.data is not None:
+                name = frame.metadata.get("name") or frame.frame_ref.rsplit("/", 1)[-1]
+                where = str(
+                    self.quarantine.put_bytes(
+                        frame.data,
+                        name=name,
+                        source=frame.source,
+                        reason=reason,
+                        message=detail,
+                        extra={"frame_ref": frame.frame_ref, "metadata": frame.metadata},
+                    )
+                )
+        except QuarantineError as exc:
+            log.error("%s", exc)
+            quarantined = False
+        log.warning(
+            "%s: %s rejected (%s): %s -> %s",
+            frame.source,
+            frame.frame_ref,
+            reason,
+            detail,
+            where or "not quarantined",
+        )
+        body = payloads.error_payload(
+            frame.source, frame.frame_ref, reason, detail, where, at=time.time()
+        )
+        self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
+        if quarantined:
+            frame.done()  # else: stays un-done, so the next start tries again
+
+    # --- infer -----------------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        while not self.stop_infer.is_set():
+            self.heartbeat()
+            with self._lock:
+                swap, self._pending_swap = self._pending_swap, None
+            if swap is not None:
+                self._apply(*swap)
+                log.info("pipeline now runs %s (%s)", self.model_name, self.backend.name)
+            batch = self.batcher.next_batch(
+                self.max_batch, self.pcfg.max_wait_ms / 1000.0, self.idle_timeout_s
+            )
+            if batch:
+                self.run_batch(batch)
+
+    def run_batch(self, batch: list[Prepared]) -> None:
+        start = time.perf_counter()
+        pre_s = 0.0
+        if self.gpu_pre:
+            result = self.backend.infer_frames([p.image for p in batch], "RGB")
+            logits = result.logits
+            pre_s = result.timings.get("preprocess", 0.0)
+            infer_s = result.timings.get("infer", time.perf_counter() - start - pre_s)
+        else:
+            for p in batch:
+                if p.spec != self.spec or p.tensor is None:  # made before a reload
+                    p.tensor, p.spec = preprocess_cpu(p.image, self.spec), self.spec
+            tensors = np.stack([p.tensor for p in batch if p.tensor is not None])
+            t0 = time.perf_counter()
+            logits = self.backend.infer(tensors)
+            infer_s = time.perf_counter() - t0
+        results = classify(logits, uncertain_below=self.pcfg.uncertain_below, k=self.pcfg.top_k)
+        now_mono, now = time.perf_counter(), time.time()
+        messages, latencies = [], []
+        for p, res in zip(batch, results, strict=True):
+            f = p.frame
+            lat = {
+                "decode": p.decode_s * 1e3,
+                "queue": ((f.dequeued_mono - f.received_mono) + (start - p.ready_mono)) * 1e3,
+                "preprocess": (pre_s if self.gpu_pre else p.preprocess_s) * 1e3,
+                "infer": infer_s * 1e3,
+                "total": (now_mono - f.received_mono) * 1e3,
+            }
+            lat = {k: max(0.0, v) for k, v in lat.items()}
+            latencies.append(lat)
+            body = payloads.classification_payload(
+                f.source,
+                f.frame_ref,
+                f.received,
+                now,
+                res.class_id,
+                res.probabilities,
+                self.model_name,
+                self.model_sha,
+                self.precision,
+                lat,
+                res.uncertain,
+                self.pcfg.top_k,
+            )
+            if f.metadata:
+                body["metadata"] = dict(f.metadata)
+            messages.append(
+                PendingMessage(self.topic_results, payloads.to_bytes(body), self.qos, body["id"])
+            )
+        self.outbox.put_many(messages)
+        for p in batch:
+            p.frame.done()
+        self.stats.batch_done(latencies)

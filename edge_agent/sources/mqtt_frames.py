@@ -1,0 +1,160 @@
+"""``mqtt://host:port[/prefix]``: receiver frames on ``<prefix>/<device_id>/frames``.
+
+Frames arrive as encoded image bytes at QoS 1 with metadata in MQTT 5 user properties
+(``frame_ref`` names the frame; any other property is carried into the result). The client
+acknowledges a frame (PUBACK, paho ``manual_ack``) only when its result is in the durable outbox,
+and its persistent session (clean start off, a session expiry) keeps frames at the broker while
+the agent restarts: at-least-once from receiver to consumer. MQTT 5's Receive Maximum is the
+queue size, so the broker itself holds back what the agent cannot take yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.config import MqttConfig
+from edge_agent.sources.base import Frame, FrameQueue, Source, SourceError
+
+log = logging.getLogger(__name__)
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
+    """TLS and credentials of ``config`` on a paho client (the password is read now, not kept)."""
+    if config.tls is not None:
+        tls = config.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(tls.insecure)
+    password = config.password()
+    if config.username is not None or password is not None:
+        client.username_pw_set(config.username, password.get_secret_value() if password else None)
+
+
+class MqttFrameSource(Source):
+    kind = "mqtt"
+
+    def __init__(
+        self,
+        name: str,
+        queue: FrameQueue,
+        formats: tuple[str, ...],
+        uri: str,
+        config: MqttConfig,
+        device_id: str,
+    ) -> None:
+        super().__init__(name, queue, formats)
+        parts = urlsplit(uri)
+        if not parts.hostname:
+            raise SourceError(f"{uri}: mqtt source needs a host, e.g. mqtt://localhost:1883")
+        self.host = parts.hostname
+        self.port = parts.port or 1883
+        prefix = parts.path.strip("/") or config.topic_prefix
+        self.topic = f"{prefix}/{device_id}/frames"
+        self.config = config
+        self.client_id = f"{config.client_id or 'galaxy-edge-' + device_id}-frames"
+        self.v5 = config.protocol == "5"
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else False,
+            manual_ack=True,
+        )
+        configure_client(self.client, config)
+        self.client.reconnect_delay_set(
+            min_delay=max(1, int(config.reconnect_min_s)), max_delay=int(config.reconnect_max_s)
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.received = 0
+        self.paused = False
+
+    def start(self) -> None:
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.ReceiveMaximum = max(1, min(self.queue.maxsize, 65535))
+        self.client.connect_async(
+            self.host,
+            self.port,
+            keepalive=self.config.keepalive,
+            clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error(
+                "%s: broker %s:%d refused the connection: %s",
+                self.name,
+                self.host,
+                self.port,
+                reason,
+            )
+            return
+        client.subscribe(self.topic, qos=1)
+        self.connected.set()
+        log.info("%s: subscribed to %s", self.name, self.topic)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.paused:
+            return
+        meta: dict[str, str] = {}
+        props = getattr(message, "properties", None)
+        for key, value in getattr(props, "UserProperty", None) or []:
+            meta[str(key)] = str(value)
+        payload = bytes(message.payload)
+        ref = meta.pop("frame_ref", "") or "sha256:" + hashlib.sha256(payload).hexdigest()[:32]
+        mid, qos = message.mid, message.qos
+        self.received += 1
+
+        def ack() -> None:
+            if qos > 0:
+                client.ack(mid, qos)
+
+        frame = Frame(
+            source=self.name,
+            frame_ref=ref,
+            data=payload,
+            formats=self.formats,
+            metadata=meta,
+            on_done=ack,
+        )
+        # Receive Maximum keeps this from blocking under MQTT 5; under 3.1.1 a full queue
+        # holds the network thread, which is the back-pressure that protocol allows.
+        while not self.queue.put(frame, timeout=1.0):
+            if self.stopping.is_set() or self.queue.closed:
+                return
+
+    def pause(self) -> None:
+        """Take no new frames but stay connected, so frames drained now can be acknowledged.
+
+        Not an unsubscribe: that would remove the subscription from the persistent session,
+        and frames sent while the agent is down would no longer be kept for it. A frame that
+        arrives while paused is left unacknowledged: the broker sends it again next session.
+        """
+        self.paused = True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,122 @@
+"""Fixtures of build-engine's tests: one tiny exported model and tiny labelled image sets.
+
+The model is timm's ``mobilevit_xxs`` (random weights, 10 classes) at 64 x 64: the same
+operator mix as the production MobileViT (Conv, MatMul, LayerNorm, Softmax, residual Add) in a
+file small enough to export, quantize and gate in seconds on two shared cores. It is exported
+once per session; tests copy what they modify.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from build_engine.device import DeviceInfo
+from edge_agent.manifest import Manifest, ModelInfo, official_classes
+from edge_agent.preprocess import DEFAULT_SPEC
+
+TINY_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_model():
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return timm.create_model("mobilevit_xxs", num_classes=10, pretrained=False).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Path:
+    from build_engine.export import export_module, write_metadata
+    from edge_agent.manifest import TrainingProvenance
+
+    path = tmp_path_factory.mktemp("tiny-onnx") / "mobilevit_xxs.onnx"
+    report = export_module(tiny_torch_model, path, input_size=TINY_SIZE)
+    write_metadata(path, "mobilevit_xxs", TrainingProvenance(dataset="synthetic", split_seed=1), report.parameters)
+    return path
+
+
+def write_labelled_set(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` random RGB images of varied sizes with labels cycling over the 10 classes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = [(64, 64), (80, 96), (120, 70), (64, 64), (99, 101)]
+    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        for i in range(count):
+            h, w = sizes[i % len(sizes)]
+            image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            name = f"img_{i:03d}.png"
+            cv2.imwrite(str(root / name), image)
+            writer.writerow([name, i % 10])
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="session")
+def labelled_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_labelled_set(tmp_path_factory.mktemp("labelled"), 40)
+
+
+@pytest.fixture
+def cpu_device() -> DeviceInfo:
+    return DeviceInfo(
+        tensorrt_version=None,
+        gpu_name=None,
+        compute_capability=None,
+        l4t_release=None,
+        dla_cores=0,
+        cuda_version=None,
+        nvcc=None,
+    )
+
+
+@pytest.fixture
+def jetson_device() -> DeviceInfo:
+    return DeviceInfo(
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        l4t_release="R36.4.3",
+        dla_cores=2,
+        cuda_version="12.6.68",
+        nvcc="/usr/local/cuda/bin/nvcc",
+    )
+
+
+@pytest.fixture
+def no_leftovers(tmp_path: Path) -> Iterator[Path]:
+    """A parent folder that must hold nothing after the test (no bundle, no staging dirs)."""
+    parent = tmp_path / "out-parent"
+    parent.mkdir()
+    yield parent
+    assert sorted(p.name for p in parent.iterdir()) == []
+
+
+def manifest_for(backend: str = "onnxruntime", precision: str = "fp32", **extra: object) -> Manifest:
+    data: dict[str, object] = {
+        "created": "2026-11-26T00:00:00+00:00",
+        "builder": "test",
+        "model": ModelInfo(name="tiny", classes=official_classes()),
+        "preprocess": DEFAULT_SPEC,
+        "backend": backend,
+        "precision": precision,
+        "model_file": "model.plan" if backend == "tensorrt" else "model.onnx",
+        "source_onnx_sha256": "a" * 64,
+    }
+    data.update(extra)
+    return Manifest.model_validate(data)
+
+
+@pytest.fixture
+def make_manifest():
+    """:func:`manifest_for`: a minimal valid manifest, fields overridable."""
+    return manifest_for

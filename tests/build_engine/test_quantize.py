@@ -1,0 +1,119 @@
+"""INT8 Q/DQ: symmetric (zero points 0), excluded ops untouched by INT8, runs in ORT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from build_engine.errors import CalibrationError, PrecisionError
+from build_engine.export import run_onnx
+from build_engine.quantize import (
+    EXCLUDED_OPS,
+    check_qdq,
+    detach_excluded_from_dq,
+    quantize_int8,
+)
+
+CALIB = np.random.default_rng(2).uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
+
+
+def _assert_trt_ready(path: Path) -> None:
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq, "no Q/DQ nodes"
+    zero_points = [inits[n.input[2]] for n in qdq if len(n.input) > 2 and n.input[2]]
+    assert all(np.all(z == 0) for z in zero_points)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    excluded = [n for n in model.graph.node if n.op_type in EXCLUDED_OPS]
+    assert {n.op_type for n in excluded} == set(EXCLUDED_OPS)
+    for node in excluded:
+        for name in node.input:
+            src = producer.get(name)
+            assert src is None or src.op_type != "DequantizeLinear", f"{node.name} reads {src.name}"
+    # Conv weights are INT8 per output channel: DQ(int8 constant) or DQ(Q(float constant)),
+    # with one scale per output channel either way.
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        dq = producer[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear", conv.name
+        scale = inits[dq.input[1]]
+        out_channels = model_weight_shape(model, conv.input[1], producer, inits)[0]
+        assert scale.size == out_channels > 1, conv.name
+
+
+def model_weight_shape(model, name, producer, inits):  # type: ignore[no-untyped-def]
+    """Shape of the float or int8 constant behind a weight's Q/DQ chain."""
+    node = producer.get(name)
+    while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        name = node.input[0]
+        node = producer.get(name)
+    return inits[name].shape
+
+
+@pytest.mark.parametrize("method", ["modelopt", "onnxruntime"])
+def test_quantized_model_is_symmetric_and_leaves_excluded_ops_alone(
+    method: str, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    dst = tmp_path / "int8.onnx"
+    try:
+        report = quantize_int8(tiny_onnx, dst, CALIB, method=method, calibration_method="max")  # type: ignore[arg-type]
+    except CalibrationError as exc:
+        if "does not import" not in str(exc):
+            raise
+        pytest.skip(str(exc))
+    assert report.method == f"qdq-{method}"
+    assert report.calibration_images == len(CALIB)
+    assert report.qdq_pairs > 10
+    _assert_trt_ready(dst)
+    ref, got = run_onnx(tiny_onnx, CALIB[:4]), run_onnx(dst, CALIB[:4])
+    assert got.shape == ref.shape and np.all(np.isfinite(got))
+    # INT8 changes the numbers but stays in the same range as FP32.
+    assert 0 < np.max(np.abs(got - ref)) < 10 * (np.max(np.abs(ref)) + 1e-3)
+
+
+def test_empty_calibration_set_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="empty"):
+        quantize_int8(tiny_onnx, tmp_path / "q.onnx", np.zeros((0, 3, 64, 64), np.float32))
+
+
+def _graph_with_shared_dq(zero_point: int = 0) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv and the same DQ -> Add(residual): the case quantizers produce."""
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zp = numpy_helper.from_array(np.array(zero_point, np.int8), "zp")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xdq"], name="dq"),
+        helper.make_node("Conv", ["xdq", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "xdq"], ["y"], name="add"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 4, 4]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", [vi[0]], [vi[1]], [w, scale, zp])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_detach_rewires_excluded_input_to_the_float_tensor() -> None:
+    model = _graph_with_shared_dq()
+    with pytest.raises(PrecisionError, match="excluded op reads INT8"):
+        check_qdq(model)
+    assert detach_excluded_from_dq(model) == 1
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert list(add.input) == ["c", "x"]
+    check_qdq(model)  # the Conv keeps its Q/DQ
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 1
+
+
+def test_nonzero_zero_point_is_rejected() -> None:
+    model = _graph_with_shared_dq(zero_point=3)
+    detach_excluded_from_dq(model)
+    with pytest.raises(PrecisionError, match="zero point"):
+        check_qdq(model)

@@ -1,0 +1,204 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox, OutboxError, PendingMessage
+
+BIG = 1 << 30
+WEEK = 7 * 24 * 3600.0
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def box(tmp_path: Path):
+    ob = Outbox(tmp_path / "outbox.sqlite3", max_bytes=BIG, max_age_s=WEEK)
+    yield ob
+    ob.close()
+
+
+def test_put_take_oldest_first_and_ack(box: Outbox) -> None:
+    for i in range(5):
+        box.put("t/c", f"p{i}".encode(), 1, msg_id=f"m{i}")
+    items = box.take_unsent(3)
+    assert [i.msg_id for i in items] == ["m0", "m1", "m2"]
+    assert items[0].topic == "t/c" and items[0].payload == b"p0" and items[0].qos == 1
+    assert box.depth() == 5
+    assert box.ack("m1") is True
+    assert box.ack("m1") is False  # already gone
+    assert box.depth() == 4
+    assert [i.msg_id for i in box.take_unsent(10)] == ["m0", "m2", "m3", "m4"]
+
+
+def test_put_is_idempotent_on_msg_id(box: Outbox) -> None:
+    box.put("t/c", b"first", msg_id="same")
+    box.put("t/c", b"second", msg_id="same")
+    box.put_many([PendingMessage("t/c", b"third", 1, "same"), ("t/c", b"x", 1, "other")])
+    assert box.depth() == 2
+    items = box.take_unsent(10)
+    assert [(i.msg_id, i.payload) for i in items] == [("same", b"first"), ("other", b"x")]
+    assert box.bytes() == len(b"first") + len(b"x") + 2 * len("t/c")
+
+
+def test_in_flight_excluded_until_released_or_acked(box: Outbox) -> None:
+    box.put_many([("t", b"a", 1, "a"), ("t", b"b", 1, "b"), ("t", b"c", 1, "c")])
+    box.mark_in_flight(["a", "b"])
+    assert [i.msg_id for i in box.take_unsent(10)] == ["c"]
+    assert box.in_flight_count() == 2
+    assert box.release_in_flight(["b", "zzz"]) == 1
+    assert [i.msg_id for i in box.take_unsent(10)] == ["b", "c"]
+    box.ack("a")
+    assert box.in_flight_count() == 0
+    box.mark_in_flight(["b", "c"])
+    assert box.take_unsent(10) == []
+    assert box.release_in_flight() == 2
+    assert [i.msg_id for i in box.take_unsent(10)] == ["b", "c"]
+
+
+def test_ack_many_counts_only_stored(box: Outbox) -> None:
+    box.put_many([("t", b"a", 1, "a"), ("t", b"b", 1, "b")])
+    assert box.ack_many(["a", "b", "nope"]) == 2
+    assert box.depth() == 0 and box.bytes() == 0
+
+
+def test_bytes_limit_drops_oldest_counts_and_persists(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    # Each message: 100 payload bytes + 1 topic byte = 101; room for 9 of them.
+    with Outbox(path, max_bytes=1000, max_age_s=WEEK) as box:
+        for i in range(12):
+            box.put("t", bytes(100), msg_id=f"m{i:02d}")
+        assert box.bytes() <= 1000
+        assert box.depth() == 9
+        assert [i.msg_id for i in box.take_unsent(1)] == ["m03"]  # m00..m02 dropped
+        assert box.dropped() == {"bytes": 3, "age": 0}
+    with Outbox(path, max_bytes=1000, max_age_s=WEEK) as box:
+        assert box.dropped() == {"bytes": 3, "age": 0}  # survives a restart
+        assert box.bytes() == 9 * 101  # recomputed from the file
+
+
+def test_bytes_limit_spares_in_flight(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite3", max_bytes=500, max_age_s=WEEK) as box:
+        for i in range(4):
+            box.put("t", bytes(100), msg_id=f"m{i}")
+        box.mark_in_flight(["m0"])
+        box.put("t", bytes(100), msg_id="m4")
+        box.put("t", bytes(100), msg_id="m5")
+        ids = [i.msg_id for i in box.take_unsent(10)]
+        assert "m1" not in ids and "m2" not in ids  # the oldest not in flight went first
+        assert box.ack("m0") is True  # the in-flight one was kept
+        assert box.dropped()["bytes"] == 2
+
+
+def test_age_limit_drops_expired_and_counts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, max_bytes=BIG, max_age_s=60.0, clock=clock) as box:
+        box.put("t", b"old1", msg_id="old1")
+        box.put("t", b"old2", msg_id="old2")
+        box.mark_in_flight(["old2"])
+        clock.now += 30
+        box.put("t", b"new", msg_id="new")
+        clock.now += 31  # old ones are now 61 s old, "new" 31 s
+        assert [i.msg_id for i in box.take_unsent(10)] == ["new"]
+        assert box.dropped() == {"bytes": 0, "age": 1}
+        assert box.ack("old2") is True  # in flight: not expired under the publisher's feet
+        assert box.oldest_age_s() == pytest.approx(31.0)
+        clock.now -= 3600  # clock stepped back (no RTC before NTP): nothing expires
+        assert box.enforce_limits() == {"age": 0, "bytes": 0}
+    with Outbox(path, max_bytes=BIG, max_age_s=60.0, clock=clock) as box:
+        assert box.dropped()["age"] == 1
+
+
+def test_threads_put_concurrently(box: Outbox) -> None:
+    def worker(n: int) -> None:
+        for i in range(50):
+            box.put("t", b"x", msg_id=f"{n}-{i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert box.depth() == 200
+    assert len({i.msg_id for i in box.take_unsent(1000)}) == 200
+
+
+def test_second_process_or_instance_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, max_bytes=BIG, max_age_s=WEEK), pytest.raises(OutboxError, match="in use"):
+        Outbox(path, max_bytes=BIG, max_age_s=WEEK)
+    Outbox(path, max_bytes=BIG, max_age_s=WEEK).close()  # released on close
+
+
+def test_not_an_outbox_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match=r"garbage\.sqlite3"):
+        Outbox(path, max_bytes=BIG, max_age_s=WEEK)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match="max_bytes"):
+        Outbox(tmp_path / "o", max_bytes=0, max_age_s=WEEK)
+    with Outbox(tmp_path / "o", max_bytes=BIG, max_age_s=WEEK) as box:
+        with pytest.raises(OutboxError, match="qos"):
+            box.put("t", b"x", 3, msg_id="m")
+        with pytest.raises(OutboxError, match="msg_id"):
+            box.put("t", b"x", msg_id="")
+    with pytest.raises(OutboxError, match="after close"):
+        box.depth()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from edge_agent.outbox import Outbox
+    box = Outbox(sys.argv[1], max_bytes=1 << 30, max_age_s=3600, synchronous=sys.argv[2])
+    i = 0
+    while True:
+        box.put("t/c", b"payload-%d" % i, msg_id="m%d" % i)
+        print("m%d" % i, flush=True)  # only after put() returned
+        i += 1
+    """
+)
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_put_survives_sigkill(tmp_path: Path, synchronous: str) -> None:
+    """Every put() that returned before a SIGKILL is in the file afterwards (WAL, any mode)."""
+    path = tmp_path / "o.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path), synchronous],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    confirmed = []
+    try:
+        for line in child.stdout:
+            confirmed.append(line.strip())
+            if len(confirmed) >= 40:
+                break
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
+    assert len(confirmed) == 40
+    with Outbox(path, max_bytes=1 << 30, max_age_s=3600) as box:  # lock died with the child
+        stored = {i.msg_id: i.payload for i in box.take_unsent(100_000)}
+    for msg_id in confirmed:
+        assert msg_id in stored, f"{msg_id} was confirmed by put() but lost by SIGKILL"
+        assert stored[msg_id] == b"payload-" + msg_id[1:].encode()

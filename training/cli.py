@@ -1,0 +1,196 @@
+"""``galaxy-train``: train a classifier, or evaluate a checkpoint on a labelled set.
+
+A thin layer: argument parsing, then :func:`training.train.train` or
+:func:`training.evaluate.evaluate_checkpoint`. Errors of this project become one line on stderr
+and exit status 2; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import GalaxyEdgeError
+
+EXIT_ERROR = 2
+
+
+def _kwarg(text: str) -> tuple[str, int | float | str | bool]:
+    """``key=value`` with the value read as int, float or bool where it looks like one."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    value: int | float | str | bool = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                continue
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="galaxy-train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model; writes a run directory")
+    t.add_argument("--data", help="Galaxy10_DECals.h5, a labels CSV or a folder of class folders")
+    t.add_argument("--out", required=True, type=Path, help="run directory")
+    t.add_argument("--config", type=Path, help="JSON config file; options given here override it")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    t.add_argument("--model", help="timm model name (default mobilevit_s)")
+    t.add_argument(
+        "--model-kwarg",
+        action="append",
+        type=_kwarg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, e.g. img_size=256 for ViT",
+    )
+    t.add_argument("--pretrained", help="'hub' (ImageNet weights, online) or a local weights file")
+    t.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
+    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--image-size", type=int, help="model input side S (default 256)")
+    t.add_argument("--lr", type=float, help="initial learning rate (default 0.002)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    t.add_argument("--drop-rate", type=float, help="dropout before the head (default 0.2)")
+    t.add_argument("--label-smoothing", type=float, help="default 0 (plain sparse cross-entropy)")
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
+    t.add_argument("--val-fraction", type=float, help="default 0.1")
+    t.add_argument("--test-fraction", type=float, help="default 0.1")
+    t.add_argument("--limit", type=int, help="use N images spread evenly over the set (smoke runs)")
+    t.add_argument("--seed", type=int, help="seed of the split, the init and the augmentation")
+    t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], help="mixed precision (CUDA)")
+    t.add_argument(
+        "--workers", type=int, help="DataLoader workers (default 0 on CPU, up to 8 on GPU)"
+    )
+    t.add_argument(
+        "--no-conflict-check",
+        dest="check_conflicts",
+        action="store_false",
+        default=None,
+        help="skip the duplicate-with-conflicting-label scan",
+    )
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+    e = sub.add_parser("evaluate", help="classification report of a checkpoint on a labelled set")
+    e.add_argument("--checkpoint", required=True, type=Path, help="run directory or .safetensors")
+    e.add_argument("--data", required=True, type=Path, help="h5, labels CSV or class folders")
+    e.add_argument(
+        "--split",
+        default="all",
+        choices=["all", "train", "val", "test"],
+        help="evaluate one part of the run's split.json (default: every image)",
+    )
+    e.add_argument("--tta", action="store_true", help="also average the 8 dihedral transforms")
+    e.add_argument("--out", type=Path, help="write evaluation.json and confusion_matrix.png here")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    return parser
+
+
+_TRAIN_KEYS = (
+    "data", "model", "pretrained", "epochs", "batch_size", "image_size", "lr", "weight_decay",
+    "drop_rate", "label_smoothing", "patience", "val_fraction", "test_fraction", "limit", "seed",
+    "device", "amp", "workers", "check_conflicts", "progress",
+)  # fmt: skip
+
+
+def train_config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Options given on the command line (None means 'not given', so files and defaults rule)."""
+    values = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
+    if args.model_kwarg:
+        values["model_kwargs"] = dict(args.model_kwarg)
+    values["out"] = str(args.out)
+    return values
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from training.config import CONFIG_NAME, load_config, make_config
+    from training.errors import TrainingError
+    from training.train import train
+
+    given = train_config_values(args)
+    if args.resume:
+        saved = load_config(args.out / CONFIG_NAME)
+        allowed = {"out", "epochs", "device", "workers", "progress", "amp"}
+        changed = sorted(k for k in given if k not in allowed and given[k] != getattr(saved, k))
+        if changed:
+            raise TrainingError(
+                f"--resume keeps the run's config; cannot change {', '.join(changed)}"
+            )
+        base = saved.model_dump(mode="json")
+        base.pop("preprocess", None)
+        config = make_config({**base, **given}, str(args.out / CONFIG_NAME))
+    else:
+        base = {}
+        if args.config is not None:
+            try:
+                base = json.loads(args.config.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise TrainingError(f"{args.config}: unreadable config ({exc})") from exc
+        if "data" not in given and "data" not in base:
+            raise TrainingError("--data is required (an .h5, a labels CSV or a class-folder tree)")
+        config = make_config({**base, **given}, str(args.config or "options"))
+    metrics = train(config, resume=args.resume)
+    if metrics:
+        test = metrics.get("test") or {}
+        print(
+            f"run {config.out}: best epoch {metrics['best_epoch']}, val acc {metrics['best_val_acc']:.4f}, "
+            f"test acc {test.get('accuracy', float('nan')):.4f}, macro-F1 {test.get('macro_f1', float('nan')):.4f}, "
+            f"{metrics['seconds_per_epoch']:.1f} s/epoch, peak RSS {metrics['peak_rss_bytes'] / 2**20:.0f} MiB"
+        )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_checkpoint
+    from training.runtime import resolve_device
+
+    evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        out=args.out,
+        tta=args.tta,
+        part=args.split,
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        limit=args.limit,
+        progress=args.progress,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    try:
+        if args.command == "train":
+            return run_train(args)
+        return run_evaluate(args)
+    except GalaxyEdgeError as exc:
+        print(f"galaxy-train: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("galaxy-train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
