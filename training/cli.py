@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
     t.add_argument("--drop-rate", type=float, help="dropout before the head (default 0.2)")
     t.add_argument("--label-smoothing", type=float, help="default 0 (plain sparse cross-entropy)")
+    t.add_argument("--grad-clip-norm", type=float, help="clip gradients to this norm (default off)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
     t.add_argument("--val-fraction", type=float, help="default 0.1")
     t.add_argument("--test-fraction", type=float, help="default 0.1")
@@ -101,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _TRAIN_KEYS = (
     "data", "model", "pretrained", "epochs", "batch_size", "image_size", "lr", "weight_decay",
-    "drop_rate", "label_smoothing", "patience", "val_fraction", "test_fraction", "limit", "seed",
-    "device", "amp", "workers", "check_conflicts", "progress",
+    "drop_rate", "label_smoothing", "grad_clip_norm", "patience", "val_fraction",
+    "test_fraction", "limit", "seed", "device", "amp", "workers", "check_conflicts", "progress",
 )  # fmt: skip
 
 

@@ -72,6 +72,9 @@ class TrainConfig(_Strict):
     lr_decay_rate: float = Field(default=0.01, gt=0.0, le=1.0)
     lr_decay_steps: int = Field(default=10000, ge=1)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    grad_clip_norm: float | None = Field(
+        default=None, gt=0.0, description="clip the gradient norm (not in the paper's recipe)"
+    )
     patience: int = Field(default=5, ge=1)
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)

@@ -52,11 +52,11 @@ def create_model(
     if not path.is_file():
         raise ModelError(f"{path}: pretrained weights file does not exist (or pass 'hub')")
     model = _build(name, False, kwargs)
-    load_backbone(model, path)
+    load_backbone(model, path, name)
     return model
 
 
-def load_backbone(model: torch.nn.Module, path: Path) -> None:
+def load_backbone(model: torch.nn.Module, path: Path, name: str) -> None:
     """Load a timm-format weights file into ``model``, all but a classifier of another shape.
 
     Done here rather than by timm's ``pretrained_cfg_overlay``, which loads non-strictly as soon
@@ -82,7 +82,7 @@ def load_backbone(model: torch.nn.Module, path: Path) -> None:
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of other shape; "
             f"e.g. {(missing + unexpected + wrong)[0]!r}"
         )
-        raise ModelError(f"{path}: weights do not fit {type(model).__name__} ({detail})")
+        raise ModelError(f"{path}: weights do not fit {name} ({detail})")
     model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
 
 

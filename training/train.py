@@ -8,6 +8,7 @@ with a DistributedSampler; validation, early stopping, checkpoints and the repor
 from __future__ import annotations
 
 import json
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -123,6 +124,9 @@ def _train_epoch(
         loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if config.grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -266,6 +270,9 @@ def _run(
             val_loss, val_acc = _validate(model, val_loader, runtime, config)
             improved = stopper.step(val_acc, epoch, model)
             stop = stopper.should_stop
+            # A diverged run never recovers (AdamW keeps stepping on NaN): stop, keep the best.
+            diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+            stop = stop or diverged
             if improved:
                 save_best(model, config, run_dir)
             seconds = time.perf_counter() - began
@@ -302,10 +309,15 @@ def _run(
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''} | "
                 f"{seconds:.1f} s, at most {left / 60:.1f} min left"
             )
+            if diverged:
+                echo(
+                    f"loss became non-finite at epoch {epoch}: stopping; lower --lr or set "
+                    "--grad-clip-norm"
+                )
         (stopped_early,) = broadcast_flags(runtime, stop)
     if not runtime.is_main:
         return {}
-    if stopped_early:
+    if stopped_early and stopper.should_stop:
         echo(f"early stopping: no better val accuracy for {config.patience} epochs")
     stopper.restore(model)
     echo(f"restored the best weights: epoch {stopper.best_epoch}, val acc {stopper.best_value:.4f}")
