@@ -351,11 +351,13 @@ def _report(
             device=runtime.device,
             seed=config.seed,
         )
+        # Test metrics in float32: they describe the saved weights, as `galaxy-train evaluate`
+        # and build-engine's FP32 reference see them (bf16 autocast moved one image in 100).
         result = predict(
             model,
             loader,
             runtime.device,
-            amp_dtype=runtime.amp_dtype,
+            amp_dtype=None,
             progress=config.progress,
             desc="test",
         )
