@@ -26,7 +26,7 @@ from edge_agent.ledger import Ledger
 from edge_agent.manifest import Manifest, load_bundle
 from edge_agent.mqtt_client import MqttPublisher
 from edge_agent.outbox import Outbox
-from edge_agent.pipeline import Pipeline
+from edge_agent.pipeline import Pipeline, uses_gpu_preprocessing
 from edge_agent.quarantine import Quarantine
 from edge_agent.sources.base import FrameHub, Source
 from edge_agent.sources.factory import create_source
@@ -84,12 +84,35 @@ class Agent:
     # --- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Load, warm up, connect and start consuming; READY=1 last. Undone on failure."""
+        try:
+            self._start()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Release what a failed start took (the outbox's file lock above all)."""
+        for _, source in self.sources.values():
+            source.stop(timeout=1.0)
+        if hasattr(self, "pipeline"):
+            self.pipeline.stop_prepare.set()
+            self.pipeline.stop_infer.set()
+            self.pipeline.batcher.close()
+        if hasattr(self, "publisher"):
+            self.publisher.stop(timeout=1.0)
+        for name in ("outbox", "ledger", "backend"):
+            if hasattr(self, name):
+                getattr(self, name).close()
+
+    def _start(self) -> None:
         cfg = self.config
         self.manifest, self.backend = load_backend(cfg)
         self.outbox = Outbox(
             cfg.mqtt.outbox.path, cfg.mqtt.outbox.max_bytes, cfg.mqtt.outbox.max_age_s
         )
         self.ledger = Ledger(cfg.state_dir / "ledger.sqlite3")
+        self.ledger.forget_gone()
         self.quarantine = Quarantine(cfg.quarantine_dir)
         self.pipeline = Pipeline(
             cfg,
@@ -99,6 +122,7 @@ class Agent:
             self.quarantine,
             self.stats,
             heartbeat=self._heartbeat,
+            on_stored=lambda: self.publisher.kick(),
         )
         if self._wd_interval is not None:
             self.pipeline.idle_timeout_s = min(0.5, self._wd_interval / 2)
@@ -233,15 +257,21 @@ class Agent:
             if fixed:
                 raise AgentError(f"reload: {', '.join(fixed)} changed; restart the agent for that")
             manifest, backend = load_backend(new)
+            try:
+                uses_gpu_preprocessing(backend, new.pipeline.preprocess_device)
+            except GalaxyEdgeError:
+                backend.close()
+                raise
         except GalaxyEdgeError as exc:  # ConfigError included
             for line in str(exc).splitlines():
                 log.error("reload refused, still running the old config: %s", line)
             sd_notify.ready(self.status_line())
             return False
         old_backend = self.pipeline.swap(new, backend)
-        self._wait_swapped()
-        if old_backend is not backend:
+        if self.pipeline.wait_swapped(60.0):
             old_backend.close()
+        else:  # a batch still holds the old backend: leave it to the garbage collector
+            log.warning("reload: the pipeline did not switch within 60 s; old backend left open")
         self.manifest, self.backend, self.config = manifest, backend, new
         self._reload_sources(new)
         if new.mqtt != old.mqtt:
@@ -253,11 +283,6 @@ class Agent:
         log.info("reloaded %s: %s", self.config_path, manifest.model.name)
         sd_notify.ready(self.status_line())
         return True
-
-    def _wait_swapped(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.pipeline._pending_swap is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def _reload_sources(self, new: AgentConfig) -> None:
         wanted = {sc.display_name: sc for sc in new.sources}
@@ -308,8 +333,3 @@ class Agent:
             left,
         )
         return frames_drained and flushed
-
-
-def build_agent(config_path: Path) -> Agent:
-    """Agent for a config file (raises :class:`ConfigError` listing every problem)."""
-    return Agent(load_config(config_path), config_path)

@@ -17,17 +17,19 @@ import paho.mqtt.client as mqtt
 from edge_agent.agent import load_backend
 from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_config
 from edge_agent.errors import GalaxyEdgeError
+from edge_agent.mqtt_connection import new_client
 from edge_agent.sources.base import SourceError
 from edge_agent.sources.factory import SCHEMES, dir_path
-from edge_agent.sources.mqtt_frames import configure_client
 
 
 def probe_broker(config: MqttConfig, timeout_s: float = 5.0) -> str | None:
     """Connect once and disconnect; ``None`` when the broker accepted us, else why not."""
-    client = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"{config.client_id or 'galaxy-edge'}-check-{os.getpid()}",
-        protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311,
+    secret = config.password()
+    client = new_client(
+        config,
+        f"{config.client_id or 'galaxy-edge'}-check-{os.getpid()}",
+        persistent_session=False,
+        password=secret.get_secret_value() if secret is not None else None,
     )
     outcome: list[str | None] = []
     done = threading.Event()
@@ -38,7 +40,6 @@ def probe_broker(config: MqttConfig, timeout_s: float = 5.0) -> str | None:
 
     client.on_connect = on_connect
     try:
-        configure_client(client, config)
         client.connect(config.host, config.port, keepalive=config.keepalive)
     except (OSError, ValueError) as exc:
         return f"mqtt: cannot reach {config.host}:{config.port} ({exc}); is the broker running?"
@@ -100,7 +101,10 @@ def check(config_path: Path, *, broker: bool = True) -> list[str]:
         problems.extend(exc.problems)
         return problems
     if broker:
-        problem = probe_broker(config.mqtt)
+        try:
+            problem = probe_broker(config.mqtt)
+        except GalaxyEdgeError as exc:  # MqttError: a TLS file or user name is wrong
+            problem = str(exc)
         if problem:
             problems.append(problem)
     return problems

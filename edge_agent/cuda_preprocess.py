@@ -270,6 +270,8 @@ class CudaPreprocessor:
             )
         if frame_order not in ("RGB", "BGR"):
             raise BackendError(f"frame order must be RGB or BGR, got {frame_order!r}")
+        for frame in frames:
+            check_frame(frame)
         layout = staging_layout([f.shape[:2] for f in frames])
         self._reserve(layout.nbytes, stream)
         assert self._host is not None

@@ -166,8 +166,13 @@ class H5Images(LabelledImages):
             for start in range(0, len(rows), _HASH_CHUNK):
                 chunk = rows[start : start + _HASH_CHUNK]
                 lo, hi = int(chunk[0]), int(chunk[-1]) + 1
-                block = self._read_rows(images, lo, hi)
-                hashes.extend(pixel_hash(block[r - lo]) for r in chunk)
+                if hi - lo == len(chunk):
+                    block = self._read_rows(images, lo, hi)
+                else:  # rows spread out by ``limit``: read only those, never the span between
+                    block = np.stack(
+                        [self._read_rows(images, int(r), int(r) + 1)[0] for r in chunk]
+                    )
+                hashes.extend(pixel_hash(image) for image in block)
             keep = self._exclude_conflicts(hashes, labels)
             rows, labels = rows[keep], labels[keep]
         self.rows = rows

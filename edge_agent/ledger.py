@@ -9,6 +9,7 @@ SQLite in WAL mode, one connection shared by the threads behind a lock.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -112,14 +113,30 @@ class Ledger:
             ).fetchall()
         return [FileKey(str(p), int(s), int(m)) for p, s, m in rows]
 
-    def forget_missing(self, keep_days: float = 30.0) -> int:
-        """Delete done rows older than ``keep_days`` so the ledger does not grow for ever."""
-        cutoff = time.time() - keep_days * 86400.0
+    def forget_gone(self, older_than_s: float = 86400.0) -> int:
+        """Delete done rows whose file is gone (or replaced), so the ledger does not grow for ever.
+
+        A done file still in the folder keeps its row: forgetting it would classify it again
+        at the next start. Returns how many rows were deleted.
+        """
+        cutoff = time.time() - older_than_s
         with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM files WHERE state='done' AND done_at < ?", (cutoff,)
-            )
-        return int(cur.rowcount)
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns FROM files WHERE state='done' AND done_at < ?",
+                (cutoff,),
+            ).fetchall()
+        gone = []
+        for path, size, mtime_ns in rows:
+            try:
+                st = os.stat(path)
+                if st.st_size == size and st.st_mtime_ns == mtime_ns:
+                    continue
+            except OSError:
+                pass
+            gone.append((path, size, mtime_ns))
+        with self._lock:
+            self._db.executemany("DELETE FROM files WHERE path=? AND size=? AND mtime_ns=?", gone)
+        return len(gone)
 
     def close(self) -> None:
         with self._lock:

@@ -26,25 +26,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent import __version__
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt_connection import MqttError, apply_security
+from edge_agent.mqtt_connection import MqttError, new_client
 from edge_agent.outbox import Outbox, OutboxError
 from edge_agent.payloads import status_payload, to_bytes, topic
 
 log = logging.getLogger(__name__)
-
-# paho's own in-flight limit sits above ours so it never queues what the pump sent; the slack
-# covers the birth, offline and stats messages, which do not go through the outbox.
-_PAHO_INFLIGHT_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -112,29 +108,17 @@ class MqttPublisher:
     # ------------------------------------------------------------------ set-up
     def _make_client(self, password: str | None) -> mqtt.Client:
         cfg = self.config
-        if not hasattr(mqtt.Client, "drop_out_messages"):
-            raise MqttError(
-                "paho-mqtt is too old: the publisher needs paho-mqtt >= 2.2 "
-                "(Client.drop_out_messages); pip install 'paho-mqtt>=2.2,<3'"
-            )
-        protocol = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        client = new_client(
+            cfg,
             client_id=cfg.client_id or f"galaxy-edge-{self.device_id}",
             # A publisher needs no broker-side session: what is unacked lives in the outbox.
-            clean_session=None if self._v5 else True,
-            protocol=protocol,
-            reconnect_on_failure=True,
+            persistent_session=False,
+            password=password,
         )
-        client.max_inflight_messages_set(cfg.max_in_flight + _PAHO_INFLIGHT_SLACK)
+        # paho's own in-flight limit sits above ours so it never queues what the pump sent;
+        # the slack covers the birth, offline and stats messages (not in the outbox).
+        client.max_inflight_messages_set(cfg.max_in_flight + 8)
         client.max_queued_messages_set(0)
-        # paho annotates the delays as int, but its _reconnect_wait computes in float seconds;
-        # sub-second minimum delays matter for a quick return after a broker restart.
-        client.reconnect_delay_set(
-            min_delay=cast(int, cfg.reconnect_min_s),
-            max_delay=cast(int, max(cfg.reconnect_max_s, cfg.reconnect_min_s)),
-        )
-        apply_security(client, cfg, password)
         client.will_set(self.status_topic, self._status_bytes("offline"), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -305,7 +289,11 @@ class MqttPublisher:
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt: offline status not published: %s", exc)
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's loop_stop() joins its thread without a timeout, and that thread can sit in a
+        # 5 s TCP connect to an unreachable broker; systemd's stop timeout comes first.
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(0.1, deadline - time.monotonic()))
         self._session_ready = False
         # PUBACKs that arrived after the pump stopped still count (and nothing else may
         # revive the session).

@@ -1,4 +1,4 @@
-"""TLS and credentials of a paho client, checked before the first connection attempt.
+"""paho clients built from ``MqttConfig``: API version, protocol, backoff, TLS, credentials.
 
 Shared by every MQTT client of the agent (the publisher, and the ``mqtt://`` frames source can
 use it too) so they fail the same way on the same mistake: a missing CA file or a password
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import cast
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.config import MqttConfig
 from edge_agent.errors import GalaxyEdgeError
@@ -21,6 +23,42 @@ log = logging.getLogger(__name__)
 
 class MqttError(GalaxyEdgeError):
     """The MQTT settings cannot work (missing TLS file, password without user, ...)."""
+
+
+def new_client(
+    config: MqttConfig,
+    client_id: str,
+    persistent_session: bool,
+    password: str | None,
+    manual_ack: bool = False,
+) -> mqtt.Client:
+    """A paho 2.x client (callback API VERSION2) with security and reconnect backoff applied.
+
+    ``persistent_session`` only matters for MQTT 3.1.1 (clean session off); with MQTT 5 the
+    session is chosen at connect time (``clean_start``, Session Expiry Interval).
+    """
+    if not hasattr(mqtt.Client, "drop_out_messages"):
+        raise MqttError(
+            "paho-mqtt is too old: galaxy-edge needs paho-mqtt >= 2.2 "
+            "(Client.drop_out_messages); pip install 'paho-mqtt>=2.2,<3'"
+        )
+    v5 = config.protocol == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=None if v5 else not persistent_session,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        reconnect_on_failure=True,
+        manual_ack=manual_ack,
+    )
+    # paho annotates the delays as int, but its _reconnect_wait computes in float seconds;
+    # sub-second minimum delays matter for a quick return after a broker restart.
+    client.reconnect_delay_set(
+        min_delay=cast(int, config.reconnect_min_s),
+        max_delay=cast(int, max(config.reconnect_max_s, config.reconnect_min_s)),
+    )
+    apply_security(client, config, password)
+    return client
 
 
 def apply_security(client: mqtt.Client, config: MqttConfig, password: str | None) -> None:

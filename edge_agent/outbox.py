@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -190,8 +191,7 @@ class Outbox:
         with self._lock:
             self._check_open()
             now = self._clock()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction("write"):
                 for msg_id, topic, payload, qos, size in rows:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO messages "
@@ -201,11 +201,6 @@ class Outbox:
                     )
                     self._total_bytes += size * cur.rowcount
                 self._enforce_locked(now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._total_bytes = self._sum_bytes_locked()
-                raise
 
     def ack(self, msg_id: str) -> bool:
         """Delete a message the broker acknowledged; False when it was not stored (any more)."""
@@ -224,8 +219,7 @@ class Outbox:
             self._check_open()
             self._in_flight.difference_update(ids)
             deleted = 0
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction("ack"):
                 for msg_id in ids:
                     row = self._db.execute(
                         "DELETE FROM messages WHERE msg_id = ? RETURNING size", (msg_id,)
@@ -233,11 +227,6 @@ class Outbox:
                     if row is not None:
                         self._total_bytes -= int(row[0])
                         deleted += 1
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._total_bytes = self._sum_bytes_locked()
-                raise
             return deleted
 
     # ----------------------------------------------------------------- reading
@@ -247,13 +236,8 @@ class Outbox:
             return []
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction("limit"):
                 self._enforce_locked(self._clock())
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             # In-flight ids are few (bounded by the publisher's window): skip them in Python.
             cur = self._db.execute(
                 "SELECT seq, msg_id, topic, payload, qos, created_at FROM messages ORDER BY seq"
@@ -320,13 +304,8 @@ class Outbox:
         """Apply the age and bytes limits now; returns what this call dropped, by reason."""
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction("limit"):
                 dropped = self._enforce_locked(self._clock())
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return dropped
 
     def _enforce_locked(self, now: float) -> dict[str, int]:
@@ -374,6 +353,28 @@ class Outbox:
     def _delete_locked(self, msg_id: str, size: int) -> None:
         self._db.execute("DELETE FROM messages WHERE msg_id = ?", (msg_id,))
         self._total_bytes -= size
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT (caller holds the lock); a typed error when SQLite fails.
+
+        After a failure the byte total is recounted from the file: the rolled-back statements
+        had already adjusted it.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._total_bytes = self._sum_bytes_locked()
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"{self.path}: outbox {what} failed ({exc}); check the disk (space, errors)"
+            ) from exc
 
     def _sum_bytes_locked(self) -> int:
         return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM messages").fetchone()[0])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent import payloads
-from edge_agent.backends.base import Backend
+from edge_agent.backends.base import Backend, BackendError
 from edge_agent.batcher import Batcher
 from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.decode import DecodeError, decode_bytes, decode_file
@@ -68,8 +68,6 @@ def uses_gpu_preprocessing(backend: Backend, device: str) -> bool:
     """Whether frames go to the backend undecoded-to-tensor (its own CUDA preprocessing)."""
     overrides = type(backend).infer_frames is not Backend.infer_frames
     if device == "cuda" and not overrides:
-        from edge_agent.backends.base import BackendError
-
         raise BackendError(
             f"pipeline.preprocess_device is cuda but the {backend.name} backend has no GPU "
             "preprocessing; use a TensorRT bundle or set preprocess_device: auto"
@@ -87,12 +85,14 @@ class Pipeline:
         quarantine: Quarantine,
         stats: Stats,
         heartbeat: Callable[[], None] = lambda: None,
+        on_stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.hub = hub
         self.outbox = outbox
         self.quarantine = quarantine
         self.stats = stats
         self.heartbeat = heartbeat
+        self.on_stored = on_stored  # wakes the publisher's pump: results are in the outbox
         self.batcher: Batcher[Prepared] = Batcher(config.pipeline.ready_queue)
         self._lock = threading.Lock()
         self._pending_swap: tuple[AgentConfig, Backend] | None = None
@@ -102,7 +102,6 @@ class Pipeline:
         self.failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self.idle_timeout_s = 0.5
-        self.in_prepare = 0  # frames taken from a queue and not yet in the batcher (drain check)
 
     def _apply(self, config: AgentConfig, backend: Backend) -> None:
         self.config = config
@@ -131,6 +130,18 @@ class Pipeline:
             self._pending_swap = (config, backend)
         return old
 
+    def wait_swapped(self, timeout: float) -> bool:
+        """True once the infer loop runs the config and backend of the last :meth:`swap`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._pending_swap is None:
+                    return True
+            if not self.alive():
+                return False
+            time.sleep(0.02)
+        return False
+
     # --- threads ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -156,7 +167,7 @@ class Pipeline:
 
     def idle(self) -> bool:
         """Nothing queued, being decoded or waiting for a batch."""
-        return self.hub.depth() == 0 and self.in_prepare == 0 and len(self.batcher) == 0
+        return not self.hub.busy() and len(self.batcher) == 0
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -170,7 +181,6 @@ class Pipeline:
             frame = self.hub.get(timeout=0.2)
             if frame is None:
                 continue
-            self.in_prepare = 1
             try:
                 self.stats.frame_in()
                 prepared = self.prepare(frame)
@@ -179,7 +189,7 @@ class Pipeline:
                         if self.stop_infer.is_set():
                             return
             finally:
-                self.in_prepare = 0
+                self.hub.release()
 
     def prepare(self, frame: Frame) -> Prepared | None:
         """Decode and preprocess one frame; a bad one is rejected here (``None``)."""
@@ -252,6 +262,7 @@ class Pipeline:
             frame.source, frame.frame_ref, reason, detail, where, at=time.time()
         )
         self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
+        self.on_stored()
         if quarantined:
             frame.done()  # else: stays un-done, so the next start tries again
 
@@ -323,4 +334,5 @@ class Pipeline:
         self.outbox.put_many(messages)
         for p in batch:
             p.frame.done()
+        self.on_stored()
         self.stats.batch_done(latencies)

@@ -69,6 +69,15 @@ def status(text: str) -> bool:
     return notify("STATUS=" + text.replace("\n", " "))
 
 
+def extend_timeout(seconds: float) -> bool:
+    """EXTEND_TIMEOUT_USEC: "still starting (or stopping), give me ``seconds`` more".
+
+    For a first TensorRT warm-up or a long drain that may outlast TimeoutStartSec= or
+    TimeoutStopSec=; send it again before the extension runs out.
+    """
+    return notify(f"EXTEND_TIMEOUT_USEC={max(1, int(seconds * 1e6))}")
+
+
 def watchdog() -> bool:
     """WATCHDOG=1: call from the pipeline loop, at least every :func:`watchdog_interval_s`."""
     return notify("WATCHDOG=1")

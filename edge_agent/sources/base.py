@@ -109,6 +109,7 @@ class FrameHub:
         self.cond = threading.Condition()
         self.queues: list[FrameQueue] = []
         self._next = 0
+        self.taken = 0  # frames handed to the consumer and not yet released (drain check)
 
     def queue(self, name: str, maxsize: int, policy: Policy) -> FrameQueue:
         with self.cond:
@@ -139,12 +140,23 @@ class FrameHub:
                         self._next = (self._next + i + 1) % n
                         frame = q._items.popleft()
                         frame.dequeued_mono = time.perf_counter()
+                        self.taken += 1
                         self.cond.notify_all()  # wakes a producer blocked on a full queue
                         return frame
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
                 self.cond.wait(left)
+
+    def release(self) -> None:
+        """The consumer is done with a frame from :meth:`get` (batched or rejected)."""
+        with self.cond:
+            self.taken -= 1
+
+    def busy(self) -> bool:
+        """Frames queued, or taken and not yet released."""
+        with self.cond:
+            return self.taken > 0 or any(q._items for q in self.queues)
 
     def wake(self) -> None:
         with self.cond:

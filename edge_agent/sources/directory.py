@@ -1,8 +1,9 @@
 """``dir:///path``: files dropped into a folder, picked up once complete, never forgotten.
 
 A file counts only once it is complete: inotify's close-after-write (``FileClosedEvent``) or a
-rename into the folder (``FileMovedEvent``), never the creation event, so a half-written file is
-never read. Dotfiles and ``*.tmp``/``*.part`` are ignored, which makes write-then-rename safe.
+rename into the folder, from inside it or from another folder (``FileMovedEvent``), never the
+creation event, so a half-written file is never read. Dotfiles and ``*.tmp``/``*.part`` are
+ignored, which makes write-then-rename safe.
 At start the folder is rescanned (after the observer is running, so nothing slips between the
 two), and the ledger skips files already done: a restart resumes where it stopped.
 The watchdog thread only records paths; a feeder thread waits on the bounded queue, so with the
@@ -25,7 +26,7 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
+from watchdog.observers.inotify import InotifyObserver
 
 from edge_agent.ledger import FileKey, Ledger
 from edge_agent.sources.base import Frame, FrameQueue, Source, SourceError
@@ -73,7 +74,7 @@ class DirectorySource(Source):
         self._paths: deque[Path] = deque()
         self._cond = threading.Condition()
         self._inflight: set[FileKey] = set()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: InotifyObserver | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -81,7 +82,9 @@ class DirectorySource(Source):
             raise SourceError(
                 f"{self.name}: {self.directory} is not a folder; create it or fix the uri"
             )
-        observer = Observer()
+        # Full events: a file renamed in from another folder (a receiver's staging dir) is a
+        # move with an empty source, not a "created" event indistinguishable from an open().
+        observer = InotifyObserver(generate_full_events=True)
         observer.schedule(_Handler(self), str(self.directory), recursive=False)
         observer.daemon = True
         observer.start()

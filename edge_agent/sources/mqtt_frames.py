@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import ssl
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,26 +21,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
+from edge_agent.mqtt_connection import new_client
 from edge_agent.sources.base import Frame, FrameQueue, Source, SourceError
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 7 * 24 * 3600
-
-
-def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
-    """TLS and credentials of ``config`` on a paho client (the password is read now, not kept)."""
-    if config.tls is not None:
-        tls = config.tls
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(tls.insecure)
-    password = config.password()
-    if config.username is not None or password is not None:
-        client.username_pw_set(config.username, password.get_secret_value() if password else None)
 
 
 class MqttFrameSource(Source):
@@ -58,26 +42,21 @@ class MqttFrameSource(Source):
     ) -> None:
         super().__init__(name, queue, formats)
         parts = urlsplit(uri)
-        if not parts.hostname:
-            raise SourceError(f"{uri}: mqtt source needs a host, e.g. mqtt://localhost:1883")
-        self.host = parts.hostname
-        self.port = parts.port or 1883
+        # mqtt:// alone: the broker of the mqtt section (same TLS and credentials either way).
+        self.host = parts.hostname or config.host
+        try:
+            self.port = parts.port or (config.port if not parts.hostname else 1883)
+        except ValueError as exc:
+            raise SourceError(f"{uri}: bad port ({exc})") from exc
         prefix = parts.path.strip("/") or config.topic_prefix
         self.topic = f"{prefix}/{device_id}/frames"
         self.config = config
         self.client_id = f"{config.client_id or 'galaxy-edge-' + device_id}-frames"
         self.v5 = config.protocol == "5"
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-            clean_session=None if self.v5 else False,
-            manual_ack=True,
-        )
-        configure_client(self.client, config)
-        self.client.reconnect_delay_set(
-            min_delay=max(1, int(config.reconnect_min_s)), max_delay=int(config.reconnect_max_s)
-        )
+        secret = config.password()
+        password = secret.get_secret_value() if secret is not None else None
+        self.client = new_client(config, self.client_id, persistent_session=True,
+                                 password=password, manual_ack=True)  # fmt: skip
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.connected = threading.Event()

@@ -38,7 +38,12 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Pat
 
     path = tmp_path_factory.mktemp("tiny-onnx") / "mobilevit_xxs.onnx"
     report = export_module(tiny_torch_model, path, input_size=TINY_SIZE)
-    write_metadata(path, "mobilevit_xxs", TrainingProvenance(dataset="synthetic", split_seed=1), report.parameters)
+    write_metadata(
+        path,
+        "mobilevit_xxs",
+        TrainingProvenance(dataset="synthetic", split_seed=1),
+        report.parameters,
+    )
     return path
 
 
@@ -101,7 +106,9 @@ def no_leftovers(tmp_path: Path) -> Iterator[Path]:
     assert sorted(p.name for p in parent.iterdir()) == []
 
 
-def manifest_for(backend: str = "onnxruntime", precision: str = "fp32", **extra: object) -> Manifest:
+def manifest_for(
+    backend: str = "onnxruntime", precision: str = "fp32", **extra: object
+) -> Manifest:
     data: dict[str, object] = {
         "created": "2026-11-26T00:00:00+00:00",
         "builder": "test",

@@ -35,7 +35,9 @@ def test_written_bundle_verifies(tmp_path: Path, model_file: Path, make_manifest
     assert (out / "manifest.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_rewrite_replaces_an_existing_bundle(tmp_path: Path, model_file: Path, make_manifest) -> None:
+def test_rewrite_replaces_an_existing_bundle(
+    tmp_path: Path, model_file: Path, make_manifest
+) -> None:
     out = tmp_path / "bundle"
     write_bundle(out, {"model.onnx": model_file}, make_manifest())
     (out / "stale-extra.bin").write_bytes(b"x")
@@ -52,13 +54,17 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, model_file: Path, make_ma
     assert not parent.exists()  # the parent created for it is gone too
 
 
-def test_missing_model_file_in_manifest_fails_cleanly(tmp_path: Path, model_file: Path, make_manifest) -> None:
+def test_missing_model_file_in_manifest_fails_cleanly(
+    tmp_path: Path, model_file: Path, make_manifest
+) -> None:
     with pytest.raises(ManifestError):
         write_bundle(tmp_path / "b", {"other.onnx": model_file}, make_manifest())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.onnx"]
 
 
-def test_old_bundle_survives_a_failed_rebuild(tmp_path: Path, model_file: Path, make_manifest) -> None:
+def test_old_bundle_survives_a_failed_rebuild(
+    tmp_path: Path, model_file: Path, make_manifest
+) -> None:
     out = tmp_path / "bundle"
     write_bundle(out, {"model.onnx": model_file}, make_manifest())
     with pytest.raises(BundleError):
@@ -66,7 +72,9 @@ def test_old_bundle_survives_a_failed_rebuild(tmp_path: Path, model_file: Path, 
     assert load_bundle(out).precision == "fp32"
 
 
-def test_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path: Path, model_file: Path, make_manifest) -> None:
+def test_refuses_to_replace_a_directory_that_is_not_a_bundle(
+    tmp_path: Path, model_file: Path, make_manifest
+) -> None:
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")

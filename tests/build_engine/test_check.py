@@ -32,13 +32,19 @@ def _bundle(tmp_path: Path, backend: str = "onnxruntime", **extra: object) -> Pa
     src.write_bytes(b"model bytes" * 50)
     out = tmp_path / "bundle"
     name = "model.plan" if backend == "tensorrt" else "model.onnx"
-    write_bundle(out, {name: src}, manifest_for(backend, "fp16" if backend == "tensorrt" else "fp32", **extra))
+    write_bundle(
+        out,
+        {name: src},
+        manifest_for(backend, "fp16" if backend == "tensorrt" else "fp32", **extra),
+    )
     return out
 
 
 def _trt_extra() -> dict[str, object]:
     return {
-        "tensorrt": TensorRTInfo(version="10.3.0", gpu_name="Orin", compute_capability="8.7", l4t_release="R36.4.3"),
+        "tensorrt": TensorRTInfo(
+            version="10.3.0", gpu_name="Orin", compute_capability="8.7", l4t_release="R36.4.3"
+        ),
         "kernels": KernelInfo(source_sha256="c" * 64, cuda_version="12.6.68", arch="sm_87"),
     }
 
@@ -90,7 +96,9 @@ def test_plan_after_a_jetpack_update(tmp_path: Path, jetson_device: DeviceInfo) 
 
 def test_dla_plan_on_a_device_without_dla(tmp_path: Path, jetson_device: DeviceInfo) -> None:
     extra = _trt_extra()
-    extra["tensorrt"] = TensorRTInfo(version="10.3.0", gpu_name="Orin", compute_capability="8.7", dla_core=1)
+    extra["tensorrt"] = TensorRTInfo(
+        version="10.3.0", gpu_name="Orin", compute_capability="8.7", dla_core=1
+    )
     out = _bundle(tmp_path, "tensorrt", **extra)
     nano = DeviceInfo(**{**jetson_device.__dict__, "dla_cores": 0})
     assert any("DLA core 1" in r for r in stale_reasons(out, nano))
@@ -98,11 +106,23 @@ def test_dla_plan_on_a_device_without_dla(tmp_path: Path, jetson_device: DeviceI
 
 def test_wanted_model_precision_and_profile(tmp_path: Path, jetson_device: DeviceInfo) -> None:
     out = _bundle(tmp_path, "tensorrt", **_trt_extra())
-    assert stale_reasons(out, jetson_device, Wanted(source_onnx_sha256="a" * 64, backend="tensorrt", precision="fp16")) == []
+    assert (
+        stale_reasons(
+            out,
+            jetson_device,
+            Wanted(source_onnx_sha256="a" * 64, backend="tensorrt", precision="fp16"),
+        )
+        == []
+    )
     reasons = stale_reasons(
         out,
         jetson_device,
-        Wanted(source_onnx_sha256="b" * 64, backend="tensorrt", precision="int8", batch=BatchProfile(min=1, opt=4, max=4)),
+        Wanted(
+            source_onnx_sha256="b" * 64,
+            backend="tensorrt",
+            precision="int8",
+            batch=BatchProfile(min=1, opt=4, max=4),
+        ),
     )
     text = " | ".join(reasons)
     assert "built from ONNX aaaaaaaaaaaa" in text

@@ -29,13 +29,19 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, st
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT imports here: auto builds a plan")
-def test_auto_without_tensorrt_writes_an_onnxruntime_bundle(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+def test_auto_without_tensorrt_writes_an_onnxruntime_bundle(
+    tiny_onnx: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "bundle"
     rc, stdout, stderr = run(capsys, "--onnx", tiny_onnx, "--out", out)
     assert rc == EXIT_OK, stderr
     assert stderr.splitlines().count(TRT_NOTICE) == 1
     manifest = load_bundle(out)
-    assert (manifest.backend, manifest.precision, manifest.model_file) == ("onnxruntime", "fp32", "model.onnx")
+    assert (manifest.backend, manifest.precision, manifest.model_file) == (
+        "onnxruntime",
+        "fp32",
+        "model.onnx",
+    )
     assert manifest.model.name == "mobilevit_xxs"
     assert manifest.training.dataset == "synthetic"
     assert manifest.preprocess.input_size == 64
@@ -47,11 +53,15 @@ def test_auto_without_tensorrt_writes_an_onnxruntime_bundle(tiny_onnx: Path, tmp
 @pytest.fixture(scope="module")
 def built(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("built") / "bundle"
-    assert main(["--onnx", str(tiny_onnx), "--out", str(out), "--backend", "onnxruntime"]) == EXIT_OK
+    assert (
+        main(["--onnx", str(tiny_onnx), "--out", str(out), "--backend", "onnxruntime"]) == EXIT_OK
+    )
     return out
 
 
-def test_check_passes_then_catches_tampering(built: Path, tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+def test_check_passes_then_catches_tampering(
+    built: Path, tiny_onnx: Path, tmp_path: Path, capsys
+) -> None:
     import shutil
 
     rc, stdout, _ = run(capsys, "--check", built, "--onnx", tiny_onnx)
@@ -89,11 +99,27 @@ def test_if_stale_rebuilds_only_when_needed(tiny_onnx: Path, tmp_path: Path, cap
     assert load_bundle(out).quantization.method == "fp16-convert"
 
 
-def test_int8_bundle_records_calibration_and_gate(tiny_onnx: Path, labelled_csv: Path, tmp_path: Path, capsys) -> None:
+def test_int8_bundle_records_calibration_and_gate(
+    tiny_onnx: Path, labelled_csv: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "int8"
     rc, _, stderr = run(
-        capsys, "--onnx", tiny_onnx, "--out", out, "--precision", "int8", "--calib-data", labelled_csv,
-        "--calib-size", 16, "--gate-size", 12, "--gate-threshold", 100, *FAST_INT8,
+        capsys,
+        "--onnx",
+        tiny_onnx,
+        "--out",
+        out,
+        "--precision",
+        "int8",
+        "--calib-data",
+        labelled_csv,
+        "--calib-size",
+        16,
+        "--gate-size",
+        12,
+        "--gate-threshold",
+        100,
+        *FAST_INT8,
     )
     assert rc == EXIT_OK, stderr
     manifest = load_bundle(out)
@@ -112,8 +138,22 @@ def test_gate_refusal_is_an_error_and_writes_nothing(
     tiny_onnx: Path, labelled_csv: Path, no_leftovers: Path, capsys
 ) -> None:
     rc, _, stderr = run(
-        capsys, "--onnx", tiny_onnx, "--out", no_leftovers / "b", "--precision", "int8",
-        "--calib-data", labelled_csv, "--calib-size", 8, "--gate-size", 8, "--gate-threshold", -100, *FAST_INT8,
+        capsys,
+        "--onnx",
+        tiny_onnx,
+        "--out",
+        no_leftovers / "b",
+        "--precision",
+        "int8",
+        "--calib-data",
+        labelled_csv,
+        "--calib-size",
+        8,
+        "--gate-size",
+        8,
+        "--gate-threshold",
+        -100,
+        *FAST_INT8,
     )
     assert rc == EXIT_GATE
     assert stderr.splitlines()[-1].startswith("build-engine: error: accuracy gate REFUSED for int8")
@@ -132,7 +172,9 @@ def self_labelled_csv(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("self-labelled")
     rng = np.random.default_rng(5)
     frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(30)]
-    labels = predict(tiny_onnx, preprocess_batch(frames, DEFAULT_SPEC.model_copy(update={"input_size": 64})))
+    labels = predict(
+        tiny_onnx, preprocess_batch(frames, DEFAULT_SPEC.model_copy(update={"input_size": 64}))
+    )
     with open(root / "labels.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "label"])
@@ -161,8 +203,20 @@ def test_fallback_builds_fp16_loudly_when_int8_is_refused(
     monkeypatch.setattr(quantize, "quantize_int8", broken_int8)
     out = tmp_path / "b"
     args = [
-        "--onnx", tiny_onnx, "--out", out, "--precision", "int8", "--calib-data", self_labelled_csv,
-        "--calib-size", 10, "--gate-size", 15, "--gate-threshold", 40,
+        "--onnx",
+        tiny_onnx,
+        "--out",
+        out,
+        "--precision",
+        "int8",
+        "--calib-data",
+        self_labelled_csv,
+        "--calib-size",
+        10,
+        "--gate-size",
+        15,
+        "--gate-threshold",
+        40,
     ]
     rc, _, stderr = run(capsys, *args)
     assert rc == EXIT_GATE and not out.exists()
@@ -180,13 +234,27 @@ def test_fallback_builds_fp16_loudly_when_int8_is_refused(
 def five_class_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
     path = tmp_path_factory.mktemp("five") / "five.onnx"
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5))
-    torch.onnx.export(net.eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"])
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 5),
+    )
+    torch.onnx.export(
+        net.eval(),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     return path
 
 
-def _bad_inputs(tmp: Path, tiny: Path, five: Path, csv_path: Path) -> dict[str, tuple[list[object], str]]:
+def _bad_inputs(
+    tmp: Path, tiny: Path, five: Path, csv_path: Path
+) -> dict[str, tuple[list[object], str]]:
     corrupt = tmp / "corrupt.onnx"
     corrupt.write_bytes(b"\x0a\xff" * 64)
     empty_csv = tmp / "empty.csv"
@@ -206,7 +274,10 @@ def _bad_inputs(tmp: Path, tiny: Path, five: Path, csv_path: Path) -> dict[str, 
         "empty calibration set": ([*int8, "--calib-data", empty_csv], "empty"),
         "unlabelled calibration set": ([*int8, "--calib-data", flat], "no class sub-folders"),
         "missing calibration set": ([*int8, "--calib-data", tmp / "nope.csv"], "not found"),
-        "dla on cpu bundle": (["--onnx", tiny, "--dla-core", 0, "--backend", "onnxruntime"], "--dla-core"),
+        "dla on cpu bundle": (
+            ["--onnx", tiny, "--dla-core", 0, "--backend", "onnxruntime"],
+            "--dla-core",
+        ),
         "fallback without int8": (["--onnx", tiny, "--fallback", "fp16"], "only applies"),
         "output under a file": (["--onnx", tiny, "--out", a_file / "bundle"], "is a file"),
     }
@@ -215,13 +286,27 @@ def _bad_inputs(tmp: Path, tiny: Path, five: Path, csv_path: Path) -> dict[str, 
 @pytest.mark.parametrize(
     "case",
     [
-        "missing onnx", "corrupt onnx", "wrong classes", "missing checkpoint", "int8 without data",
-        "empty calibration set", "unlabelled calibration set", "missing calibration set",
-        "dla on cpu bundle", "fallback without int8", "output under a file",
+        "missing onnx",
+        "corrupt onnx",
+        "wrong classes",
+        "missing checkpoint",
+        "int8 without data",
+        "empty calibration set",
+        "unlabelled calibration set",
+        "missing calibration set",
+        "dla on cpu bundle",
+        "fallback without int8",
+        "output under a file",
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
-    case: str, tiny_onnx: Path, five_class_onnx: Path, tmp_path: Path, no_leftovers: Path, capsys, monkeypatch
+    case: str,
+    tiny_onnx: Path,
+    five_class_onnx: Path,
+    tmp_path: Path,
+    no_leftovers: Path,
+    capsys,
+    monkeypatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "training.checkpoint", types.ModuleType("training.checkpoint"))
     data = tmp_path / "data"
@@ -239,9 +324,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT imports here")
 def test_tensorrt_backend_needs_the_device(tiny_onnx: Path, no_leftovers: Path, capsys) -> None:
-    rc, _, stderr = run(capsys, "--onnx", tiny_onnx, "--out", no_leftovers / "b", "--backend", "tensorrt")
+    rc, _, stderr = run(
+        capsys, "--onnx", tiny_onnx, "--out", no_leftovers / "b", "--backend", "tensorrt"
+    )
     assert rc == EXIT_ERROR
-    assert stderr.strip().splitlines()[-1].startswith("build-engine: error: --backend tensorrt: TensorRT does not import")
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith("build-engine: error: --backend tensorrt: TensorRT does not import")
+    )
 
 
 def test_check_of_nothing_is_stale(tmp_path: Path, capsys) -> None:

@@ -50,7 +50,9 @@ def test_export_refuses_a_model_that_does_not_reproduce(tmp_path: Path) -> None:
     class BatchDependent(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+            self.head = torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10)
+            )
 
         def forward(self, x):  # type: ignore[no-untyped-def]
             scale = 1.0 if int(x.shape[0]) == 2 else 3.0
@@ -75,7 +77,10 @@ def test_wrong_number_of_classes_is_refused(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     path = tmp_path / "five.onnx"
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5)
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 5),
     )
     with pytest.raises(ExportError, match=r"expected \[N, 10\]"):
         export_module(model, path, input_size=32)
@@ -103,7 +108,9 @@ def _fake_training(monkeypatch: pytest.MonkeyPatch, loaded: _Loaded) -> None:
     monkeypatch.setitem(sys.modules, "training.checkpoint", module)
 
 
-def test_export_checkpoint_records_name_and_provenance(tiny_torch_model, tmp_path: Path, monkeypatch) -> None:
+def test_export_checkpoint_records_name_and_provenance(
+    tiny_torch_model, tmp_path: Path, monkeypatch
+) -> None:
     pytest.importorskip("torch")
     run = tmp_path / "run"
     run.mkdir()
@@ -119,10 +126,14 @@ def test_export_checkpoint_records_name_and_provenance(tiny_torch_model, tmp_pat
     assert parameters == report.parameters and parameters > 0
 
 
-def test_export_checkpoint_refuses_wrong_class_count(tiny_torch_model, tmp_path: Path, monkeypatch) -> None:
+def test_export_checkpoint_refuses_wrong_class_count(
+    tiny_torch_model, tmp_path: Path, monkeypatch
+) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    _fake_training(monkeypatch, _Loaded(tiny_torch_model, "mobilevit_xxs", 7, 64, TrainingProvenance()))
+    _fake_training(
+        monkeypatch, _Loaded(tiny_torch_model, "mobilevit_xxs", 7, 64, TrainingProvenance())
+    )
     with pytest.raises(ExportError, match="7 classes"):
         export_checkpoint(run, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

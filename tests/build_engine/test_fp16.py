@@ -34,7 +34,9 @@ def test_weights_are_float16(fp16_onnx: Path) -> None:
     model = onnx.load(str(fp16_onnx))
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
     types = {i.name: i.data_type for i in model.graph.initializer}
-    assert conv_weights and all(types[w] == onnx.TensorProto.FLOAT16 for w in conv_weights if w in types)
+    assert conv_weights and all(
+        types[w] == onnx.TensorProto.FLOAT16 for w in conv_weights if w in types
+    )
 
 
 def test_layernorm_and_softmax_see_float32(fp16_onnx: Path) -> None:

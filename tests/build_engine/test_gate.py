@@ -18,7 +18,9 @@ from build_engine.images import LabelledBatch
 def self_labelled(tiny_onnx: Path) -> LabelledBatch:
     """Images labelled with the reference's own predictions: the reference scores 100 %."""
     images = np.random.default_rng(3).uniform(-1, 1, (24, 3, 64, 64)).astype(np.float32)
-    return LabelledBatch(images=images, labels=predict(tiny_onnx, images), refs=[], source="synthetic")
+    return LabelledBatch(
+        images=images, labels=predict(tiny_onnx, images), refs=[], source="synthetic"
+    )
 
 
 def _always_class(src: Path, dst: Path, cls: int) -> None:
@@ -33,7 +35,9 @@ def _always_class(src: Path, dst: Path, cls: int) -> None:
     onnx.save(model, str(dst))
 
 
-def test_identical_models_pass_with_zero_delta(tiny_onnx: Path, self_labelled: LabelledBatch) -> None:
+def test_identical_models_pass_with_zero_delta(
+    tiny_onnx: Path, self_labelled: LabelledBatch
+) -> None:
     result = evaluate(tiny_onnx, tiny_onnx, self_labelled)
     assert result.reference_top1 == 1.0 and result.candidate_top1 == 1.0
     assert result.delta_points == 0.0 and result.agreement == 1.0
@@ -41,7 +45,9 @@ def test_identical_models_pass_with_zero_delta(tiny_onnx: Path, self_labelled: L
     enforce(result, "int8")
 
 
-def test_worse_candidate_is_refused(tiny_onnx: Path, self_labelled: LabelledBatch, tmp_path: Path) -> None:
+def test_worse_candidate_is_refused(
+    tiny_onnx: Path, self_labelled: LabelledBatch, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken.onnx"
     cls = int(np.bincount(self_labelled.labels, minlength=10).argmin())
     _always_class(tiny_onnx, broken, cls)
@@ -56,7 +62,9 @@ def test_worse_candidate_is_refused(tiny_onnx: Path, self_labelled: LabelledBatc
     assert "\n" not in str(info.value) and "REFUSED" in describe(result, "int8")
 
 
-def test_negative_threshold_refuses_even_an_equal_model(tiny_onnx: Path, self_labelled: LabelledBatch) -> None:
+def test_negative_threshold_refuses_even_an_equal_model(
+    tiny_onnx: Path, self_labelled: LabelledBatch
+) -> None:
     result = evaluate(tiny_onnx, tiny_onnx, self_labelled, threshold_points=-1.0)
     assert not result.passed
 

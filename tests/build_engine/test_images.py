@@ -37,7 +37,7 @@ def test_load_from_one_set_never_shares_images(labelled_csv: Path) -> None:
     assert len(calib) == 20 and len(gate) == 10
     assert not set(calib.refs) & set(gate.refs)
     assert calib.images.shape == (20, 3, 64, 64) and calib.images.dtype == np.float32
-    assert -1.0 <= calib.images.min() and calib.images.max() <= 1.0
+    assert calib.images.min() >= -1.0 and calib.images.max() <= 1.0
     assert set(gate.labels.tolist()) <= set(range(10))
 
 
@@ -57,3 +57,14 @@ def test_missing_and_unlabelled_sets(tmp_path: Path) -> None:
     empty.write_text("file,label\n")
     with pytest.raises(CalibrationError, match="empty"):
         load_calibration_and_gate(empty, 4, 4, spec=SPEC)
+
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "galaxy10-sample" / "labels.csv"
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"shared sample not found at {SAMPLE}")
+def test_real_sample_splits_into_calibration_and_gate() -> None:
+    calib, gate = load_calibration_and_gate(SAMPLE, 12, 8)
+    assert calib.images.shape == (12, 3, 256, 256) and len(gate) == 8
+    assert not set(calib.refs) & set(gate.refs)
+    assert len(set(calib.labels.tolist()) | set(gate.labels.tolist())) > 1

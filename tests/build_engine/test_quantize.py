@@ -117,3 +117,32 @@ def test_nonzero_zero_point_is_rejected() -> None:
     detach_excluded_from_dq(model)
     with pytest.raises(PrecisionError, match="zero point"):
         check_qdq(model)
+
+
+def test_fp16_remainder_for_tensorrt(tiny_onnx: Path, tmp_path: Path) -> None:
+    """INT8 + FP16 (what a Jetson runs fastest): I/O and LayerNorm/Softmax still float32."""
+    from build_engine.fp16 import float32_inputs_of
+
+    dst = tmp_path / "int8_fp16.onnx"
+    try:
+        quantize_int8(
+            tiny_onnx,
+            dst,
+            CALIB,
+            method="modelopt",
+            calibration_method="max",
+            high_precision="fp16",
+        )
+    except CalibrationError as exc:
+        if "does not import" not in str(exc):
+            raise
+        pytest.skip(str(exc))
+    _assert_trt_ready(dst)
+    model = onnx.load(str(dst))
+    for value in list(model.graph.input) + list(model.graph.output):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert TensorProto.FLOAT16 in {i.data_type for i in model.graph.initializer}
+    kept = float32_inputs_of(model, ("LayerNormalization", "Softmax"))
+    assert kept and all(types[0] == TensorProto.FLOAT for types in kept.values())
+    got = run_onnx(dst, CALIB[:2])
+    assert np.all(np.isfinite(got))

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from agent_testkit import (
     RunningAgent,
     agent_config,
@@ -59,7 +60,17 @@ def test_folder_to_mqtt_exact_payloads(
                 _ok, data = cv2.imencode(".png", rgb[:, :, ::-1])
                 drop_file(inbox, name, data.tobytes())
             got = wait_refs(collector, [inbox / n for n in images])
-            assert collector.wait_for(lambda _: bool(collector.on(T + "stats")), 5)
+
+            def stats_done(_: object) -> bool:
+                bodies = [json.loads(m.payload) for m in collector.on(T + "stats")]
+                return any(b["frames"]["out"] == 6 for b in bodies)
+
+            assert collector.wait_for(stats_done, 5)
+        stats = [json.loads(m.payload) for m in collector.on(T + "stats")][-1]
+        assert stats["frames"] == {"in": 6, "out": 6, "errors": 0}
+        assert stats["frames_dropped"] == {"inbox": 0} and stats["queue_depth"] == 0
+        assert set(stats["latency_ms"]["total"]) == {"p50", "p99"}
+        assert collector.on(T + "stats")[-1].qos == 0
         status = [json.loads(m.payload) for m in collector.on(T + "status")]
     finally:
         collector.close()
@@ -211,3 +222,102 @@ def test_sighup_reload_swaps_bundle_keeps_queued(
     names = [m["model"]["name"] for m in classifications(collector)]
     assert names[0] == "tiny-test" and names[-1] == "tiny-v2"
     assert len(got) == 40
+
+
+def test_reload_with_bad_config_keeps_running(
+    tmp_path: Path, tiny_bundle: Path, mosquitto: MosquittoBroker
+) -> None:
+    raw = agent_config(tmp_path, tiny_bundle, mosquitto)
+    cfg = write_config(tmp_path / "agent.yaml", raw)
+    inbox = tmp_path / "inbox"
+    collector = Collector(mosquitto)
+    try:
+        with RunningAgent(cfg) as agent:
+            (tmp_path / "agent.yaml").write_text("device_id: [oops\n")
+            assert agent.reload() is False
+            raw["device_id"] = "other"
+            write_config(tmp_path / "agent.yaml", raw)
+            assert agent.reload() is False  # durable identity: needs a restart
+            _ok, png = cv2.imencode(".png", galaxy_like(5))
+            drop_file(inbox, "after.png", png.tobytes())
+            wait_refs(collector, [inbox / "after.png"])
+            assert agent.config.device_id == "dev1"
+    finally:
+        collector.close()
+
+
+def test_stop_drains_queue_and_flushes_outbox(
+    tmp_path: Path, tiny_bundle: Path, mosquitto: MosquittoBroker
+) -> None:
+    raw = agent_config(
+        tmp_path,
+        tiny_bundle,
+        mosquitto,
+        pipeline={"max_batch": 2, "max_wait_ms": 0},
+        drain_timeout_s=20,
+    )
+    cfg = write_config(tmp_path / "agent.yaml", raw)
+    inbox = tmp_path / "inbox"
+    paths = []
+    for i in range(20):
+        _ok, png = cv2.imencode(".png", galaxy_like(i, 400, 400))
+        paths.append(inbox / f"f{i:02}.png")
+        paths[-1].write_bytes(png.tobytes())
+    collector = Collector(mosquitto)
+    try:
+        runner = RunningAgent(cfg)
+        agent = runner.__enter__()
+        deadline = time.monotonic() + 10
+        while agent.hub.depth() < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(classifications(collector)) < 20  # stopping with work queued
+        runner.__exit__(None, None, None)
+        assert runner.exit_code == 0
+        # Everything queued at the stop was classified and published before the exit.
+        got = wait_refs(collector, paths, timeout=1)
+    finally:
+        collector.close()
+    assert len(got) == 20
+
+
+def test_failed_start_releases_everything(tmp_path: Path, tiny_bundle: Path) -> None:
+    from edge_agent.agent import Agent
+    from edge_agent.config import parse_config
+    from edge_agent.sources.base import SourceError
+
+    raw = agent_config(tmp_path, tiny_bundle, None)
+    raw["sources"].append({"uri": f"dir://{tmp_path}/missing", "name": "missing"})
+    with pytest.raises(SourceError, match="is not a folder"):
+        Agent(parse_config(yaml.safe_dump(raw))).start()
+    raw["sources"].pop()
+    agent = Agent(parse_config(yaml.safe_dump(raw)))
+    agent.start()  # the outbox's file lock was released by the failed start
+    agent.request_stop()
+    assert agent.run() == 0
+
+
+def test_mqtt_frames_sent_while_agent_down_are_kept(
+    tmp_path: Path, tiny_bundle: Path, mosquitto: MosquittoBroker
+) -> None:
+    import paho.mqtt.client as mqtt
+
+    raw = agent_config(tmp_path, tiny_bundle, mosquitto)
+    raw["sources"] = [{"uri": "mqtt://", "name": "receiver"}]  # the broker of the mqtt section
+    cfg = write_config(tmp_path / "agent.yaml", raw)
+    collector = Collector(mosquitto)
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.connect(mosquitto.host, mosquitto.port)
+    sender.loop_start()
+    try:
+        with RunningAgent(cfg) as agent:  # first start: creates the persistent session
+            assert agent.sources["receiver"][1].connected.wait(5)
+            time.sleep(0.2)
+        for i in range(3):  # the agent is down: the broker keeps these for its session
+            _ok, png = cv2.imencode(".png", galaxy_like(i))
+            sender.publish(T + "frames", png.tobytes(), qos=1).wait_for_publish(5)
+        with RunningAgent(cfg):
+            assert collector.wait_for(lambda _: len(classifications(collector)) >= 3, 10)
+    finally:
+        sender.loop_stop()
+        collector.close()
+    assert len({m["frame_ref"] for m in classifications(collector)}) == 3

@@ -121,3 +121,11 @@ def test_stretch_percentiles_must_be_ordered() -> None:
     assert info.value.problems == [
         "d.yaml:12: decode.stretch: Value error, low_percentile must be below high_percentile"
     ]
+
+
+def test_example_config_of_the_systemd_unit_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "systemd" / "edge-agent.example.yaml"
+    if not example.is_file():
+        pytest.skip(f"{example} is not in this checkout")
+    cfg = load_config(example)
+    assert cfg.mqtt.password_credential == "mqtt-password" and cfg.sources[0].policy == "block"

@@ -27,6 +27,7 @@ from edge_agent.cuda_preprocess import (
     launch_geometry,
     staging_layout,
 )
+from edge_agent.errors import PreprocessError
 from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
 
 
@@ -184,6 +185,16 @@ def test_cuda_failures_become_backend_errors_naming_the_call(
         pre.enqueue(_frames([(4, 4)]), "RGB", 0, np.float32, driver.Stream())
     with pytest.raises(BackendError, match="fp32 or fp16"):
         pre.enqueue(_frames([(4, 4)]), "RGB", 0, np.float64, driver.Stream())
+
+
+def test_frames_are_checked_before_anything_is_uploaded(fake_pycuda: Any, tmp_path: Path) -> None:
+    driver = fake_pycuda()
+    pre = CudaPreprocessor(*_bundle(tmp_path), DEFAULT_SPEC)
+    with pytest.raises(PreprocessError, match="H x W x 3"):
+        pre.enqueue([np.zeros((4, 4), np.uint8)], "RGB", 0, np.float32, driver.Stream())
+    with pytest.raises(PreprocessError, match="uint8"):
+        pre.enqueue([np.zeros((4, 4, 3), np.float32)], "RGB", 0, np.float32, driver.Stream())
+    assert pre.capacity == 0 and driver.launches == []
 
 
 def test_without_pycuda_the_error_says_what_to_install(

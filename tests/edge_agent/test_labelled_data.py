@@ -66,9 +66,16 @@ def test_h5_reads_lazily_and_excludes_conflicting_duplicates(tmp_path: Path) -> 
 
 def test_limit_spreads_over_a_class_sorted_set(tmp_path: Path) -> None:
     ans = np.repeat(np.arange(10), 10).astype(np.uint8)
-    data = open_labelled(write_h5(tmp_path / "g.h5", _images(100), ans), limit=20)
+    images = _images(100)
+    data = open_labelled(write_h5(tmp_path / "g.h5", images, ans), limit=20)
     assert len(data) == 20
     assert set(data.labels.tolist()) == set(range(10))
+    chosen = [int(data.ref(i).rsplit("[", 1)[1].rstrip("]")) for i in range(20)]
+    assert chosen == sorted(set(chosen)) and chosen[0] == 0 and chosen[-1] == 99
+    # A conflict between two rows the limit selects is still found (rows read one by one).
+    images[chosen[3]] = images[chosen[0]]
+    again = open_labelled(write_h5(tmp_path / "h.h5", images, ans), limit=20)
+    assert again.conflicts_excluded == 2 and len(again) == 18
 
 
 @pytest.mark.parametrize(

@@ -28,3 +28,14 @@ def test_key_of_file(tmp_path: Path) -> None:
     p.write_bytes(b"12345")
     key = FileKey.of(p)
     assert key.path == str(p) and key.size == 5 and key.mtime_ns == p.stat().st_mtime_ns
+
+
+def test_forget_gone_keeps_files_still_there(tmp_path: Path) -> None:
+    kept, gone = tmp_path / "kept.png", tmp_path / "gone.png"
+    kept.write_bytes(b"1")
+    gone.write_bytes(b"2")
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.mark_done([FileKey.of(kept), FileKey.of(gone)])
+    gone.unlink()
+    assert ledger.forget_gone(older_than_s=0.0) == 1
+    assert ledger.state(FileKey.of(kept)) == "done"

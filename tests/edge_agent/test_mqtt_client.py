@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Collector, MosquittoBroker, find_mosquitto
+from mqtt_broker import Collector, MosquittoBroker, free_port, require_mosquitto
 
 from edge_agent.config import MqttConfig, OutboxConfig, TlsConfig
 from edge_agent.mqtt_client import MqttError, MqttPublisher
@@ -107,6 +107,7 @@ def test_acked_only_on_puback_with_bounded_window(
 @pytest.mark.slow
 def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, outbox: Outbox) -> None:
     """Unacknowledged messages in flight when the broker dies are resent after it returns."""
+    require_mosquitto()
     broker = MosquittoBroker(workdir=tmp_path / "broker", persistence=True).start()
     collector = Collector(broker, "galaxy-edge/+/classifications", persistent_session=True)
     pub = MqttPublisher(make_config(broker, tmp_path, window=8), outbox, DEVICE, MODEL)
@@ -332,8 +333,7 @@ def pki(tmp_path: Path) -> Path:
 
 
 def _start_broker(tmp_path: Path, options: list[str], anonymous: bool) -> MosquittoBroker:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    require_mosquitto()
     return MosquittoBroker(
         workdir=tmp_path / "broker", listener_options=options, allow_anonymous=anonymous
     ).start()
@@ -406,8 +406,7 @@ def test_username_and_password(tmp_path: Path, outbox: Outbox) -> None:
 def test_window_shrinks_to_the_brokers_receive_maximum(tmp_path: Path, outbox: Outbox) -> None:
     """MQTT 5: more unacknowledged QoS 1 messages than the broker's Receive Maximum would get
     the publisher disconnected (0x93); the window leaves one slot for the status messages."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    require_mosquitto()
     broker = MosquittoBroker(workdir=tmp_path / "broker", max_inflight=5).start()
     pub = MqttPublisher(make_config(broker, tmp_path, window=50), outbox, DEVICE, MODEL)
     try:
@@ -426,3 +425,16 @@ def test_window_shrinks_to_the_brokers_receive_maximum(tmp_path: Path, outbox: O
         broker.resume()
         pub.stop(2)
         broker.close()
+
+
+def test_stop_keeps_its_timeout_without_a_broker(tmp_path: Path, outbox: Outbox) -> None:
+    cfg = MqttConfig(host="127.0.0.1", port=free_port(), reconnect_min_s=0.2, reconnect_max_s=5)
+    pub = MqttPublisher(cfg, outbox, DEVICE, MODEL)
+    pub.start()
+    put_range(outbox, 0, 5)
+    assert not pub.wait_connected(0.5)
+    assert pub.last_error is not None and "cannot connect" in pub.last_error
+    t0 = time.monotonic()
+    assert pub.stop(0.5) is False
+    assert time.monotonic() - t0 < 1.5
+    assert outbox.depth() == 5

@@ -202,3 +202,14 @@ def test_put_survives_sigkill(tmp_path: Path, synchronous: str) -> None:
     for msg_id in confirmed:
         assert msg_id in stored, f"{msg_id} was confirmed by put() but lost by SIGKILL"
         assert stored[msg_id] == b"payload-" + msg_id[1:].encode()
+
+
+def test_full_disk_is_a_typed_error_and_loses_nothing_stored(box: Outbox) -> None:
+    box.put("t", b"kept", msg_id="kept")
+    # SQLite's page limit stands in for a full disk (the same SQLITE_FULL error).
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(OutboxError, match="disk"):
+        box.put_many(("t", bytes(50_000), 1, f"big{i}") for i in range(4))
+    assert box.bytes() == len(b"kept") + 1  # the failed batch left no trace
+    assert [i.msg_id for i in box.take_unsent(10)] == ["kept"]

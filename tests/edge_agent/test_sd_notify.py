@@ -32,6 +32,8 @@ def test_ready_status_watchdog_stopping_on_a_path_socket(path_socket: socket.soc
     assert path_socket.recv(4096) == b"RELOADING=1"
     assert sd_notify.stopping()
     assert path_socket.recv(4096) == b"STOPPING=1"
+    assert sd_notify.extend_timeout(90)
+    assert path_socket.recv(4096) == b"EXTEND_TIMEOUT_USEC=90000000"
 
 
 def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,16 @@
 """The deployment files: systemd units (verified by systemd itself), example config, Dockerfile."""
 
+import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from build_engine import cli as build_cli
+from edge_agent import cli as agent_cli
 from edge_agent.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +86,31 @@ def test_agent_unit_agrees_with_the_example_config() -> None:
     build = _one(_unit(BUILD_UNIT), "Service.ExecStart")
     assert f"--out {config.bundle}" in build
     assert config.mqtt.protocol == "5" and config.mqtt.qos == 1
+
+
+def _argv(exec_start: str, env: dict[str, str]) -> list[str]:
+    """ExecStart= as systemd splits it: ${VAR} is one word, an unbraced $VAR splits."""
+    for name, value in env.items():
+        exec_start = exec_start.replace("${" + name + "}", shlex.quote(value))
+        exec_start = exec_start.replace("$" + name, value)
+    return shlex.split(exec_start)[1:]
+
+
+def test_exec_lines_parse_with_the_real_command_lines() -> None:
+    agent = _argv(_one(_unit(AGENT_UNIT), "Service.ExecStart"), {})
+    args = agent_cli._parser().parse_args(agent)
+    assert args.command == "run" and args.config == Path("/etc/galaxy-edge/agent.yaml")
+    build_unit = _unit(BUILD_UNIT)
+    env = dict(e.split("=", 1) for e in build_unit["Service.Environment"])
+    for extra in ("", "--precision int8 --calib-data /x/labels.csv"):
+        env["BUILD_ENGINE_ARGS"] = extra
+        args = build_cli.parser().parse_args(_argv(_one(build_unit, "Service.ExecStart"), env))
+        assert args.if_stale and args.out == Path("/var/lib/galaxy-edge/bundle")
+        assert args.onnx == Path(env["BUILD_ENGINE_MODEL"])
+    assert args.precision == "int8"
+    docker = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile.jetson").read_text(), re.M)
+    assert docker, "Dockerfile.jetson has no exec-form CMD"
+    assert agent_cli._parser().parse_args(json.loads(docker.group(1))).command == "run"
 
 
 def test_build_unit_contract() -> None:

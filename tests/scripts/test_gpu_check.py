@@ -266,3 +266,14 @@ def test_main_without_cupy_exits_2(
 ) -> None:
     monkeypatch.setitem(sys.modules, "cupy", None)
     assert gc.main(["--out", str(tmp_path)]) == 2
+
+
+def test_main_outside_the_repository_says_how_to_run(
+    gc: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(gc.importlib.util, "find_spec", lambda name: None)
+    assert gc.main(["--out", str(tmp_path)]) == 2
+    assert "PYTHONPATH=$PWD" in capsys.readouterr().err

@@ -37,6 +37,6 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
         create_model("test_efficientnet", pretrained=str(tmp_path / "none.pth"))
     other = tmp_path / "other.safetensors"
     save_file({"foo.weight": torch.zeros(3)}, str(other))
-    with pytest.raises(ModelError, match="weights do not fit EfficientNet") as info:
+    with pytest.raises(ModelError, match="weights do not fit test_efficientnet") as info:
         create_model("test_efficientnet", pretrained=str(other))
     assert "\n" not in str(info.value)

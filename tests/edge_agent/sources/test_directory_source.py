@@ -56,6 +56,13 @@ def test_temp_then_rename_picked_up_once_complete(tmp_path: Path) -> None:
         (folder / ".hidden.png").write_bytes(b"x")
         frames = collect(hub, 2, timeout=1.0)
         assert [f.path for f in frames] == [folder / "direct.png"]
+        # Renamed in from a staging folder elsewhere (inotify: a move-to with no move-from).
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        (staging / "moved.png").write_bytes(b"y")
+        os.replace(staging / "moved.png", folder / "moved.png")
+        frames = collect(hub, 1, timeout=2.0)
+        assert [f.path for f in frames] == [folder / "moved.png"]
     finally:
         src.stop()
 

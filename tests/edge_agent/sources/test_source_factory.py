@@ -39,6 +39,9 @@ def test_kinds_and_policies(tmp_path: Path) -> None:
     m = make("mqtt://127.0.0.1:1884/receivers", tmp_path)
     assert isinstance(m, MqttFrameSource)
     assert m.topic == "receivers/dev1/frames" and m.port == 1884
+    same_broker = make("mqtt://", tmp_path)  # the broker of the mqtt section, default prefix
+    assert (same_broker.host, same_broker.port) == ("localhost", 1883)  # type: ignore[attr-defined]
+    assert same_broker.topic == "galaxy-edge/dev1/frames"  # type: ignore[attr-defined]
 
 
 def test_relative_dir_refused(tmp_path: Path) -> None:

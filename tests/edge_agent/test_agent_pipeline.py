@@ -21,7 +21,9 @@ from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_frame
         ((100, 90, 3), PreprocessSpec(input_size=64)),
     ],
 )
-def test_fast_path_bit_identical_to_reference(shape: tuple[int, int, int], spec: PreprocessSpec) -> None:
+def test_fast_path_bit_identical_to_reference(
+    shape: tuple[int, int, int], spec: PreprocessSpec
+) -> None:
     image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     fast = preprocess_cpu(image, spec)
     ref = preprocess_frame(image, spec)
