@@ -27,32 +27,12 @@ import tensorrt as trt
 
 from build_engine.device import gpu, l4t_release
 from build_engine.errors import PrecisionError, TensorRTBuildError
+from edge_agent.backends.tensorrt_common import TensorRTLogger
 from edge_agent.manifest import BatchProfile, TensorRTInfo
-
-if getattr(trt, "Builder", None) is None:
-    # tensorrt-stubs alone installs an importable, empty ``tensorrt`` namespace package.
-    raise ImportError("tensorrt here is only its type stubs; TensorRT itself is not installed")
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
-
-
-class _Logger(trt.ILogger):
-    """Forwards TensorRT's messages to logging and keeps the errors for the exception text."""
-
-    def __init__(self) -> None:
-        trt.ILogger.__init__(self)
-        self.errors: list[str] = []
-
-    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-        if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-            self.errors.append(msg)
-            log.error("TensorRT: %s", msg)
-        elif severity == trt.ILogger.WARNING:
-            log.warning("TensorRT: %s", msg)
-        else:
-            log.debug("TensorRT: %s", msg)
 
 
 class BuildProgress(trt.IProgressMonitor):
@@ -224,7 +204,7 @@ def build_plan(
             "cannot read the GPU's name and compute capability (needs cuda-python, pycuda or "
             "nvidia-smi); the manifest records them, so the plan is not built"
         )
-    logger = _Logger()
+    logger = TensorRTLogger()
     try:
         builder = trt.Builder(logger)
     except TypeError as exc:  # "factory function returned nullptr": no usable GPU

@@ -26,33 +26,13 @@ import pycuda.driver as cuda  # pyright: ignore[reportMissingImports]
 import tensorrt as trt
 
 from edge_agent.backends.base import Backend, BackendError, BatchResult
+from edge_agent.backends.tensorrt_common import TensorRTLogger
 from edge_agent.cuda_preprocess import CudaPreprocessor, cuda_call
 from edge_agent.errors import PreprocessError
 from edge_agent.manifest import Manifest, check_device
 from edge_agent.preprocess import ChannelOrder
 
-if getattr(trt, "Builder", None) is None:
-    # tensorrt-stubs alone installs an importable, empty ``tensorrt`` namespace package.
-    raise ImportError("tensorrt here is only its type stubs; TensorRT itself is not installed")
-
 log = logging.getLogger(__name__)
-
-
-class _Logger(trt.ILogger):
-    """Forwards TensorRT's messages to logging and keeps the errors for the exception text."""
-
-    def __init__(self) -> None:
-        trt.ILogger.__init__(self)
-        self.errors: list[str] = []
-
-    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-        if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-            self.errors.append(msg)
-            log.error("TensorRT: %s", msg)
-        elif severity == trt.ILogger.WARNING:
-            log.warning("TensorRT: %s", msg)
-        else:
-            log.debug("TensorRT: %s", msg)
 
 
 class TensorRTBackend(Backend):
@@ -77,7 +57,7 @@ class TensorRTBackend(Backend):
         )
         self._context_cuda: Any = cuda_call("retain primary context", device.retain_primary_context)
         self._closed = False
-        self._logger = _Logger()
+        self._logger = TensorRTLogger()
         try:
             with self._active():
                 self._load()

@@ -205,6 +205,7 @@ def load(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., types.Module
     def _load(fake: types.ModuleType) -> types.ModuleType:
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
         sys.modules.pop("build_engine.tensorrt_build", None)
+        sys.modules.pop("edge_agent.backends.tensorrt_common", None)
         module = importlib.import_module("build_engine.tensorrt_build")
         monkeypatch.setattr(module, "gpu", lambda: ("NVIDIA H100 80GB HBM3", "9.0"))
         monkeypatch.setattr(module, "l4t_release", lambda: "R36.4.3")
@@ -212,6 +213,7 @@ def load(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., types.Module
 
     yield _load
     sys.modules.pop("build_engine.tensorrt_build", None)
+    sys.modules.pop("edge_agent.backends.tensorrt_common", None)
 
 
 @pytest.fixture
@@ -351,10 +353,12 @@ def test_bad_arguments(load: Callable[..., types.ModuleType], onnx_file: Path) -
 
 def test_stub_only_tensorrt_refuses_to_import(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
-    sys.modules.pop("build_engine.tensorrt_build", None)
+    for name in ("build_engine.tensorrt_build", "edge_agent.backends.tensorrt_common"):
+        sys.modules.pop(name, None)
     with pytest.raises(ImportError, match="only its type stubs"):
         importlib.import_module("build_engine.tensorrt_build")
-    sys.modules.pop("build_engine.tensorrt_build", None)
+    for name in ("build_engine.tensorrt_build", "edge_agent.backends.tensorrt_common"):
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.tensorrt

@@ -174,10 +174,12 @@ def backend_env(
         calls: dict[str, Any] = {}
         monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(driver, input_dtype, calls))
         sys.modules.pop("edge_agent.backends.tensorrt_backend", None)
+        sys.modules.pop("edge_agent.backends.tensorrt_common", None)
         return importlib.import_module("edge_agent.backends.tensorrt_backend"), driver, calls
 
     yield load
     sys.modules.pop("edge_agent.backends.tensorrt_backend", None)
+    sys.modules.pop("edge_agent.backends.tensorrt_common", None)
 
 
 def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -273,7 +275,9 @@ def test_a_bundle_without_kernels_preprocesses_on_the_cpu(
 def test_stub_only_tensorrt_refuses_to_import(monkeypatch: pytest.MonkeyPatch) -> None:
     install_fake_pycuda(monkeypatch)
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
-    sys.modules.pop("edge_agent.backends.tensorrt_backend", None)
+    for name in ("edge_agent.backends.tensorrt_backend", "edge_agent.backends.tensorrt_common"):
+        sys.modules.pop(name, None)
     with pytest.raises(ImportError, match="only its type stubs"):
         importlib.import_module("edge_agent.backends.tensorrt_backend")
-    sys.modules.pop("edge_agent.backends.tensorrt_backend", None)
+    for name in ("edge_agent.backends.tensorrt_backend", "edge_agent.backends.tensorrt_common"):
+        sys.modules.pop(name, None)
