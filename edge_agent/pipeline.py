@@ -48,22 +48,6 @@ class Prepared:
     ready_mono: float = field(default_factory=time.perf_counter)
 
 
-def preprocess_cpu(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The CPU reference, with its identity case done in one pass.
-
-    A frame already S x S samples every pixel at its own centre (weights exactly 0 and 1), so
-    the reference reduces to ``x * scale + offset`` in float32: the same two float32 operations,
-    hence the same bits (a test checks it), at a tenth of the cost.
-    """
-    s = spec.input_size
-    if image.shape[0] != s or image.shape[1] != s:
-        return preprocess_frame(image, spec)
-    out = np.empty((3, s, s), dtype=np.float32)
-    np.multiply(image.transpose(2, 0, 1), np.float32(spec.scale), out=out)
-    out += np.float32(spec.offset)
-    return out
-
-
 def uses_gpu_preprocessing(backend: Backend, device: str) -> bool:
     """Whether frames go to the backend undecoded-to-tensor (its own CUDA preprocessing)."""
     overrides = type(backend).infer_frames is not Backend.infer_frames
@@ -208,7 +192,7 @@ class Pipeline:
             check_frame(image)
             t1 = time.perf_counter()
             spec = self.spec
-            tensor = None if self.gpu_pre else preprocess_cpu(image, spec)
+            tensor = None if self.gpu_pre else preprocess_frame(image, spec)
             t2 = time.perf_counter()
         except DecodeError as exc:
             self.reject(frame, exc.reason, str(exc))
@@ -293,7 +277,7 @@ class Pipeline:
         else:
             for p in batch:
                 if p.spec != self.spec or p.tensor is None:  # made before a reload
-                    p.tensor, p.spec = preprocess_cpu(p.image, self.spec), self.spec
+                    p.tensor, p.spec = preprocess_frame(p.image, self.spec), self.spec
             tensors = np.stack([p.tensor for p in batch if p.tensor is not None])
             t0 = time.perf_counter()
             logits = self.backend.infer(tensors)

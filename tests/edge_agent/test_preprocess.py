@@ -7,8 +7,10 @@ from edge_agent.preprocess import (
     DEFAULT_SPEC,
     PreprocessSpec,
     crop_box,
+    normalise_identity,
     preprocess_batch,
     preprocess_frame,
+    resample_frame,
     sample_grid,
     to_rgb3,
 )
@@ -117,3 +119,21 @@ def test_grey_frames_are_replicated() -> None:
 def test_spec_is_strict() -> None:
     with pytest.raises(ValueError):
         PreprocessSpec.model_validate({"input_size": 256, "resize": "area"})
+
+
+@pytest.mark.parametrize(
+    ("spec", "order"),
+    [
+        (DEFAULT_SPEC, "RGB"),
+        (DEFAULT_SPEC, "BGR"),
+        (PreprocessSpec(input_size=64, scale=1 / 255, offset=0.0, crop="none"), "RGB"),
+    ],
+)
+def test_identity_fast_path_is_bit_identical_to_the_resample(
+    spec: PreprocessSpec, order: str
+) -> None:
+    f = _frame(spec.input_size, spec.input_size, 7)
+    fast = normalise_identity(f, spec, order)  # type: ignore[arg-type]
+    slow = resample_frame(f, spec, order)  # type: ignore[arg-type]
+    assert fast.dtype == np.float32 and fast.tobytes() == slow.tobytes()
+    assert preprocess_frame(f, spec, order).tobytes() == slow.tobytes()  # type: ignore[arg-type]
