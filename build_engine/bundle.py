@@ -56,7 +56,9 @@ def check_output_dir(out_dir: Path) -> None:
         )
     parent = _existing_ancestor(out_dir.absolute().parent)
     if not parent.is_dir():
-        raise BundleError(f"{parent}: is a file, cannot create {out_dir} under it; choose another --out")
+        raise BundleError(
+            f"{parent}: is a file, cannot create {out_dir} under it; choose another --out"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BundleError(f"{parent}: not writable, cannot create {out_dir}; choose another --out")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from build_engine.check import Wanted, stale_reasons
 from build_engine.device import DeviceInfo, probe
-from build_engine.errors import AccuracyGateError, ExportError, PrecisionError
+from build_engine.errors import AccuracyGateError, ExportError, UsageError
 from build_engine.export import checkpoint_sha256
 from build_engine.pipeline import BuildRequest, build, default_precision, resolve_backend
 from edge_agent.errors import GalaxyEdgeError
@@ -116,19 +116,25 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except GalaxyEdgeError as exc:
         print(f"build-engine: error: {exc}", file=sys.stderr)
-        return EXIT_GATE if isinstance(exc, AccuracyGateError) else EXIT_ERROR
+        if isinstance(exc, AccuracyGateError):
+            return EXIT_GATE
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     except KeyboardInterrupt:
         print("build-engine: interrupted; no bundle was written", file=sys.stderr)
         return 130
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.check is not None and (args.out is not None or args.if_stale):
+        raise UsageError(
+            "--check BUNDLE only checks; to rebuild when stale use --out BUNDLE --if-stale"
+        )
     if args.check is None and args.out is None:
-        raise PrecisionError("nothing to do: give --out BUNDLE_DIR to build, or --check BUNDLE")
+        raise UsageError("nothing to do: give --out BUNDLE_DIR to build, or --check BUNDLE")
     if args.check is None and args.checkpoint is None and args.onnx is None:
-        raise PrecisionError("give --checkpoint RUN|FILE or --onnx FILE to build from")
+        raise UsageError("give --checkpoint RUN|FILE or --onnx FILE to build from")
     if args.if_stale and args.out is None:
-        raise PrecisionError("--if-stale needs --out BUNDLE_DIR (the bundle to check and rebuild)")
+        raise UsageError("--if-stale needs --out BUNDLE_DIR (the bundle to check and rebuild)")
     request = BuildRequest(
         out=args.out or Path("."),
         checkpoint=args.checkpoint,
@@ -158,15 +164,17 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{args.check}: {reason}")
         if reasons:
             return EXIT_STALE
-        print(f"{args.check}: valid for this device")
-        if args.out is None:
-            return EXIT_OK
+        print(f"{args.check}: valid for this device" + (" and model" if has_model else ""))
+        return EXIT_OK
     if args.if_stale:
         reasons = stale_reasons(args.out, device, _wanted(request, device))
         if not reasons:
             print(f"{args.out}: up to date, not rebuilt")
             return EXIT_OK
-        _log(f"{args.out}: rebuilding: " + "; ".join(reasons))
+        if not (args.out / "manifest.json").exists():
+            _log(f"{args.out}: no bundle there yet: building")
+        else:
+            _log(f"{args.out}: rebuilding: " + "; ".join(reasons))
     manifest = build(request, device, _log)
     gate = manifest.accuracy_gate
     extra = f", gate delta {gate.delta_points:+.2f} points" if gate else ""

@@ -41,3 +41,7 @@ class BundleError(BuildEngineError):
 
 class StaleError(BuildEngineError):
     """A bundle that is not valid for this device, TensorRT version or model."""
+
+
+class UsageError(BuildEngineError):
+    """Options that contradict each other or leave nothing to do (exit status 2, like argparse)."""

@@ -57,7 +57,7 @@ def convert_model(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(KEEP_FLOAT32_OPS))
-    return convert_float_to_float16(
+    converted = convert_float_to_float16(
         model,
         keep_io_types=True,
         op_block_list=block,
@@ -65,6 +65,36 @@ def convert_model(model: onnx.ModelProto) -> onnx.ModelProto:
         min_positive_val=5.96e-08,
         max_finite_val=65504.0,
     )
+    topological_sort(converted)
+    return converted
+
+
+def topological_sort(model: onnx.ModelProto) -> None:
+    """Reorder the graph's nodes so each comes after its inputs' producers.
+
+    The converter appends the Cast of the graph input at the end, which ``onnx.checker`` and
+    TensorRT's ONNX parser (it reads nodes in order) both reject.
+    """
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise PrecisionError(
+                "FP16 graph has a cycle or an input nobody produces; report this bug"
+            )
+        for node in ready:
+            available.update(node.output)
+            ordered.append(node)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def float32_inputs_of(model: onnx.ModelProto, op_types: tuple[str, ...]) -> dict[str, list[int]]:
@@ -109,6 +139,7 @@ def convert_fp16(
     wrong = [name for name, elem in kept.items() if elem and elem[0] != onnx.TensorProto.FLOAT]
     if wrong:
         raise PrecisionError(f"FP16 conversion left {wrong[0]} outside float32; report this bug")
+    onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))
     reference = run_onnx(src, check_batch)
     candidate = run_onnx(dst, check_batch)

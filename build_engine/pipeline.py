@@ -46,11 +46,11 @@ from edge_agent.manifest import (
     official_classes,
     sha256_file,
 )
-from edge_agent.preprocess import DEFAULT_SPEC
+from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 Backend = Literal["onnxruntime", "tensorrt"]
 TRT_NOTICE = (
-    "no TensorRT on this host: wrote an ONNX Runtime bundle; a TensorRT plan needs the device "
+    "no TensorRT on this host: building an ONNX Runtime bundle; a TensorRT plan needs the device "
     "(run build-engine on the Jetson)"
 )
 # Lowest compute capability with fast FP16 / INT8 (TensorRT's own support matrix).
@@ -201,6 +201,88 @@ def _gate(
     return result
 
 
+@dataclass
+class _Candidate:
+    """The ONNX the backend will run, with how it was made and how it scored."""
+
+    path: Path
+    precision: Precision
+    quantization: Quantization
+    accuracy: AccuracyGate | None = None
+
+
+def _int8(
+    request: BuildRequest,
+    backend: Backend,
+    source: _Source,
+    spec: PreprocessSpec,
+    scratch: Path,
+    log: Callable[[str], None],
+) -> tuple[_Candidate, LabelledBatch]:
+    """Calibrate, quantize and gate; the gate's verdict is in the candidate's ``accuracy``."""
+    from build_engine.quantize import quantize_int8
+
+    assert request.calib_data is not None
+    calib, gate_data = load_calibration_and_gate(
+        request.calib_data,
+        request.calib_size,
+        request.gate_size,
+        gate_path=request.gate_data,
+        spec=spec,
+    )
+    log(f"calibrating INT8 on {len(calib)} images; gate on {len(gate_data)} held-out images")
+    path = scratch / "model_int8.onnx"
+    q = quantize_int8(
+        source.path,
+        path,
+        calib.images,
+        method=request.quantizer,
+        calibration_method=request.calibration_method,
+        high_precision="fp16" if backend == "tensorrt" else "fp32",
+    )
+    log(
+        f"INT8 Q/DQ by {q.method}: {q.qdq_pairs} quantizers, {', '.join(q.excluded_ops)} kept out of INT8"
+    )
+    if q.note:
+        log(q.note)
+    quantization = Quantization.model_validate(
+        {
+            "method": q.method,
+            "calibration_source": calib.source,
+            "calibration_images": q.calibration_images,
+            "excluded_ops": list(q.excluded_ops),
+        }
+    )
+    accuracy = _gate(source.path, path, gate_data, "int8", request.gate_threshold, log)
+    return _Candidate(path, "int8", quantization, accuracy), gate_data
+
+
+def _fp16(
+    request: BuildRequest,
+    source: _Source,
+    gate_data: LabelledBatch | None,
+    scratch: Path,
+    log: Callable[[str], None],
+) -> _Candidate:
+    """Convert to FP16 (checked against FP32), and gate it when labelled images are at hand."""
+    from build_engine.fp16 import convert_fp16
+
+    path = scratch / "model_fp16.onnx"
+    check = gate_data.images[:8] if gate_data is not None else _random_batch(source.input_size)
+    f = convert_fp16(source.path, path, check)
+    log(
+        f"FP16 ONNX: max |fp16 - fp32| = {f.max_abs_diff:.2e}, LayerNorm/Softmax/reductions kept FP32"
+    )
+    quantization = Quantization.model_validate(
+        {"method": "fp16-convert", "excluded_ops": list(f.kept_float32)}
+    )
+    accuracy = None
+    if gate_data is not None:
+        accuracy = _gate(source.path, path, gate_data, "fp16", request.gate_threshold, log)
+        gate_mod.enforce(accuracy, "fp16")
+    return _Candidate(path, "fp16", quantization, accuracy)
+
+
 def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None]) -> Manifest:
     """Build the bundle ``request`` asks for on this ``device``; returns the written manifest."""
     backend, notice = resolve_backend(request, device)
@@ -208,53 +290,23 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
     validate(request, backend, precision, device)
     if notice:
         log(notice)
+    if backend == "onnxruntime" and precision != "fp32":
+        log(
+            f"note: {precision.upper()} runs about half as fast as FP32 in ONNX Runtime on a CPU "
+            "(bench/bench_cpu_inference.py); FP32 is the CPU default"
+        )
     with tempfile.TemporaryDirectory(prefix="build-engine-") as tmp:
         scratch = Path(tmp)
         source = _source(request, scratch, log)
         spec = DEFAULT_SPEC.model_copy(update={"input_size": source.input_size})
-        quantization = Quantization.model_validate({})
-        accuracy: AccuracyGate | None = None
-        candidate = source.path
+        candidate = _Candidate(source.path, "fp32", Quantization.model_validate({}))
         gate_data: LabelledBatch | None = None
         if precision == "int8":
-            assert request.calib_data is not None
-            from build_engine.quantize import quantize_int8
-
-            calib, gate_data = load_calibration_and_gate(
-                request.calib_data,
-                request.calib_size,
-                request.gate_size,
-                gate_path=request.gate_data,
-                spec=spec,
-            )
-            log(
-                f"calibrating INT8 on {len(calib)} images; gate on {len(gate_data)} held-out images"
-            )
-            candidate = scratch / "model_int8.onnx"
-            q = quantize_int8(
-                source.path,
-                candidate,
-                calib.images,
-                method=request.quantizer,
-                calibration_method=request.calibration_method,
-            )
-            log(
-                f"INT8 Q/DQ by {q.method}: {q.qdq_pairs} quantizers, {', '.join(q.excluded_ops)} kept out of INT8"
-            )
-            if q.note:
-                log(q.note)
-            quantization = Quantization.model_validate(
-                {
-                    "method": q.method,
-                    "calibration_source": calib.source,
-                    "calibration_images": q.calibration_images,
-                    "excluded_ops": list(q.excluded_ops),
-                }
-            )
-            accuracy = _gate(source.path, candidate, gate_data, "int8", request.gate_threshold, log)
-            if not accuracy.passed:
+            candidate, gate_data = _int8(request, backend, source, spec, scratch, log)
+            assert candidate.accuracy is not None
+            if not candidate.accuracy.passed:
                 if request.fallback != "fp16":
-                    gate_mod.enforce(accuracy, "int8")
+                    gate_mod.enforce(candidate.accuracy, "int8")
                 log(
                     "INT8 REFUSED by the accuracy gate: building FP16 instead, as --fallback fp16 asked"
                 )
@@ -262,27 +314,9 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
         elif request.gate_data is not None and precision == "fp16":
             gate_data = load_gate_only(request.gate_data, request.gate_size, spec)
         if precision == "fp16":
-            from build_engine.fp16 import convert_fp16
-
-            candidate = scratch / "model_fp16.onnx"
-            check = (
-                gate_data.images[:8] if gate_data is not None else _random_batch(source.input_size)
-            )
-            f = convert_fp16(source.path, candidate, check)
-            log(
-                f"FP16 ONNX: max |fp16 - fp32| = {f.max_abs_diff:.2e}, LayerNorm/Softmax/reductions kept FP32"
-            )
-            quantization = Quantization.model_validate(
-                {"method": "fp16-convert", "excluded_ops": list(f.kept_float32)}
-            )
-            accuracy = None
-            if gate_data is not None:
-                accuracy = _gate(
-                    source.path, candidate, gate_data, "fp16", request.gate_threshold, log
-                )
-                gate_mod.enforce(accuracy, "fp16")
+            candidate = _fp16(request, source, gate_data, scratch, log)
         files, trt_info, kernel_info = _backend_files(
-            request, backend, device, candidate, scratch, log
+            request, backend, device, candidate.path, scratch, log
         )
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -292,18 +326,18 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
             ),
             preprocess=spec,
             backend=backend,
-            precision=precision,
+            precision=candidate.precision,
             model_file="model.plan" if backend == "tensorrt" else "model.onnx",
             batch=request.batch,
             source_onnx_sha256=sha256_file(source.path),
-            quantization=quantization,
-            accuracy_gate=accuracy,
+            quantization=candidate.quantization,
+            accuracy_gate=candidate.accuracy,
             tensorrt=trt_info,
             kernels=kernel_info,
             training=source.provenance,
         )
         written = write_bundle(request.out, files, manifest)
-    log(f"wrote {backend} {precision} bundle to {request.out}")
+    log(f"wrote {backend} {candidate.precision} bundle to {request.out}")
     return written
 
 

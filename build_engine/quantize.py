@@ -10,11 +10,17 @@ quantization by :func:`check_qdq`:
   TensorRT runs them in higher precision anyway. A quantizer may still let such an op read the
   output of a DequantizeLinear that it shares with a quantized neighbour (a residual branch
   that also feeds a Conv); :func:`detach_excluded_from_dq` rewires those inputs to the float
-  tensor, so excluded ops see no INT8 rounding at all.
+  tensor, and :func:`unshare_constants` gives them private copies of constants they share with
+  quantized ops, so excluded ops see no INT8 rounding at all.
 
 The quantizer is NVIDIA ModelOpt's ONNX PTQ where it imports (it places Q/DQ by TensorRT's
-fusion rules), else ONNX Runtime's ``quantize_static`` in QDQ format restricted to the compute
-ops. Which one ran is recorded in the manifest and printed, never chosen silently.
+fusion rules and can leave the rest in FP16, what a Jetson wants), else ONNX Runtime's
+``quantize_static`` in QDQ format restricted to the compute ops. Which one ran is recorded in the
+manifest and printed, never chosen silently.
+
+On an x86 CPU, ONNX Runtime runs these symmetric (int8-activation) Q/DQ graphs slower than FP32:
+its x86 build fuses DQ->Conv->Q into QLinearConv only for uint8 activations, so the Convs stay
+float with extra Q/DQ passes (bench/bench_cpu_inference.py measures it). INT8 is for TensorRT.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 
 from build_engine.errors import CalibrationError, PrecisionError
 from build_engine.export import load_onnx
+from build_engine.fp16 import KEEP_FLOAT32_OPS
 
 if TYPE_CHECKING:
     import onnx
@@ -70,7 +77,9 @@ def _modelopt_without_stub_tensorrt() -> None:
         trt_utils.TRT_PYTHON_AVAILABLE = False
 
 
-def _quantize_modelopt(src: Path, dst: Path, calib: np.ndarray, calibration_method: str) -> str | None:
+def _quantize_modelopt(
+    src: Path, dst: Path, calib: np.ndarray, calibration_method: str, high_precision: str
+) -> str | None:
     """Run ModelOpt in a child Python process.
 
     ModelOpt patches ONNX Runtime's quantization classes and its own logging process-wide and
@@ -86,7 +95,16 @@ def _quantize_modelopt(src: Path, dst: Path, calib: np.ndarray, calibration_meth
     code = "import sys; from build_engine.quantize import _modelopt_worker; _modelopt_worker(*sys.argv[1:])"
     try:
         done = subprocess.run(
-            [sys.executable, "-c", code, str(src), str(dst), str(calib_file), calibration_method],
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(src),
+                str(dst),
+                str(calib_file),
+                calibration_method,
+                high_precision,
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -102,7 +120,9 @@ def _quantize_modelopt(src: Path, dst: Path, calib: np.ndarray, calibration_meth
     return None
 
 
-def _modelopt_worker(src: str, dst: str, calib_file: str, calibration_method: str) -> None:
+def _modelopt_worker(
+    src: str, dst: str, calib_file: str, calibration_method: str, high_precision: str
+) -> None:
     """Child-process body of :func:`_quantize_modelopt`: its last stderr line is the error."""
     import sys
 
@@ -121,7 +141,8 @@ def _modelopt_worker(src: str, dst: str, calib_file: str, calibration_method: st
             calibration_method=calibration_method,
             calibration_eps=["cpu"],
             op_types_to_exclude=list(EXCLUDED_OPS),
-            high_precision_dtype="fp32",
+            high_precision_dtype=high_precision,
+            op_types_to_exclude_fp16=list(KEEP_FLOAT32_OPS),
             use_zero_point=False,
             output_path=dst,
             # ModelOpt logs to stdout (build-engine's result channel), and at ERROR level for
@@ -315,8 +336,16 @@ def quantize_int8(
     *,
     method: Method = "auto",
     calibration_method: Literal["entropy", "max"] = "entropy",
+    high_precision: Literal["fp32", "fp16"] = "fp32",
 ) -> QuantizeReport:
-    """Quantize ``src`` (FP32 ONNX) to ``dst`` (INT8 Q/DQ) with calibration inputs ``calib``."""
+    """Quantize ``src`` (FP32 ONNX) to ``dst`` (INT8 Q/DQ) with calibration inputs ``calib``.
+
+    ``high_precision`` is the type of what stays out of INT8: ``fp16`` for TensorRT (a strongly
+    typed network runs FP32 ops in FP32, slower than FP16 on a Jetson), ``fp32`` for ONNX
+    Runtime on a CPU. LayerNorm, Softmax and the reductions stay FP32 either way, and the I/O
+    stays float32. Only ModelOpt can do ``fp16``; with ONNX Runtime's quantizer the rest stays
+    FP32 and the report's note says so.
+    """
     import onnx
 
     if calib.ndim != 4 or len(calib) == 0:
@@ -330,7 +359,7 @@ def quantize_int8(
         unshare_constants(source)
         onnx.save(source, str(prepared))
         if chosen == "qdq-modelopt":
-            problem = _quantize_modelopt(prepared, raw, calib, calibration_method)
+            problem = _quantize_modelopt(prepared, raw, calib, calibration_method, high_precision)
             if problem is not None:
                 if method == "modelopt":
                     raise CalibrationError(
@@ -339,6 +368,10 @@ def quantize_int8(
                 chosen, note = "qdq-onnxruntime", f"ModelOpt not used: {problem}"
         if chosen == "qdq-onnxruntime":
             _quantize_onnxruntime(prepared, raw, calib, source.graph.input[0].name)
+            if high_precision == "fp16":
+                note = "; ".join(
+                    filter(None, [note, "ops outside INT8 stay FP32 (ONNX Runtime's quantizer)"])
+                )
         model = onnx.load(str(raw))
     detached = detach_excluded_from_dq(model)
     pairs = check_qdq(model)

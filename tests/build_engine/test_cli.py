@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from build_engine.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_STALE, main
+from build_engine.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_STALE, EXIT_USAGE, main
 from build_engine.device import probe
 from build_engine.pipeline import TRT_NOTICE
 from build_engine.quantize import QuantizeReport
@@ -240,15 +241,17 @@ def five_class_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         torch.nn.Flatten(),
         torch.nn.Linear(4, 5),
     )
-    torch.onnx.export(
-        net.eval(),
-        (torch.zeros(1, 3, 32, 32),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(1, 3, 32, 32),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+        )
     return path
 
 
@@ -338,3 +341,17 @@ def test_tensorrt_backend_needs_the_device(tiny_onnx: Path, no_leftovers: Path, 
 def test_check_of_nothing_is_stale(tmp_path: Path, capsys) -> None:
     rc, stdout, _ = run(capsys, "--check", tmp_path / "none")
     assert rc == EXIT_STALE and "no bundle manifest" in stdout
+
+
+def test_contradictory_options_are_usage_errors(
+    tiny_onnx: Path, no_leftovers: Path, capsys
+) -> None:
+    for argv in (
+        ["--out", no_leftovers / "b"],
+        ["--check", no_leftovers / "b", "--out", no_leftovers / "b"],
+        ["--onnx", tiny_onnx, "--if-stale"],
+        [],
+    ):
+        rc, _, stderr = run(capsys, *argv)
+        assert rc == EXIT_USAGE, argv
+        assert stderr.startswith("build-engine: error:") and stderr.count("\n") == 1
