@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_testkit import manifest_for
 
 from build_engine.device import DeviceInfo
-from edge_agent.manifest import Manifest, ModelInfo, official_classes
-from edge_agent.preprocess import DEFAULT_SPEC
 
 TINY_SIZE = 64
 
@@ -104,23 +103,6 @@ def no_leftovers(tmp_path: Path) -> Iterator[Path]:
     parent.mkdir()
     yield parent
     assert sorted(p.name for p in parent.iterdir()) == []
-
-
-def manifest_for(
-    backend: str = "onnxruntime", precision: str = "fp32", **extra: object
-) -> Manifest:
-    data: dict[str, object] = {
-        "created": "2026-11-26T00:00:00+00:00",
-        "builder": "test",
-        "model": ModelInfo(name="tiny", classes=official_classes()),
-        "preprocess": DEFAULT_SPEC,
-        "backend": backend,
-        "precision": precision,
-        "model_file": "model.plan" if backend == "tensorrt" else "model.onnx",
-        "source_onnx_sha256": "a" * 64,
-    }
-    data.update(extra)
-    return Manifest.model_validate(data)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bundle_testkit import manifest_for
+
 from build_engine.bundle import write_bundle
 from build_engine.check import Wanted, stale_reasons
 from build_engine.device import DeviceInfo
@@ -11,23 +13,6 @@ from edge_agent.manifest import BatchProfile, KernelInfo, TensorRTInfo
 
 
 def _bundle(tmp_path: Path, backend: str = "onnxruntime", **extra: object) -> Path:
-    from edge_agent.manifest import Manifest, ModelInfo, official_classes
-    from edge_agent.preprocess import DEFAULT_SPEC
-
-    def manifest_for(backend: str, precision: str, **more: object) -> Manifest:
-        data: dict[str, object] = {
-            "created": "2026-11-26T00:00:00+00:00",
-            "builder": "test",
-            "model": ModelInfo(name="tiny", classes=official_classes()),
-            "preprocess": DEFAULT_SPEC,
-            "backend": backend,
-            "precision": precision,
-            "model_file": "model.plan" if backend == "tensorrt" else "model.onnx",
-            "source_onnx_sha256": "a" * 64,
-        }
-        data.update(more)
-        return Manifest.model_validate(data)
-
     src = tmp_path / "model.bin"
     src.write_bytes(b"model bytes" * 50)
     out = tmp_path / "bundle"
