@@ -179,7 +179,8 @@ class AgentProcess:
         while not sock.recv(4096).startswith(b"READY=1"):
             pass
         self.ready_s = time.monotonic() - t0
-        sock.close()
+        # Kept open until stop(): the agent goes on sending WATCHDOG and STATUS.
+        self.notify_sock = sock
         self.done = 0
 
     def round(self, images: list[Path], tag: str) -> tuple[float, float]:
@@ -219,6 +220,7 @@ class AgentProcess:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
+        self.notify_sock.close()
 
     def latencies(self) -> dict[str, tuple[float, float]]:
         bodies = _outbox_bodies(self.outbox)

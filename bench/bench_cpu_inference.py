@@ -68,6 +68,7 @@ def _child(
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.log_severity_level = 3
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -238,6 +239,7 @@ def optimized_op_counts(path: Path, threads: int) -> Counter[str]:
 
     out = path.with_suffix(".optimized.onnx")
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # the Q/DQ models' unused-initializer warnings: hundreds
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(out)
@@ -250,6 +252,7 @@ def profile_ops(path: Path, size: int, threads: int, batch: int = 16) -> list[tu
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix("")) + "_profile"
