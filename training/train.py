@@ -7,16 +7,13 @@ with a DistributedSampler; validation, early stopping, checkpoints and the repor
 
 from __future__ import annotations
 
-import json
 import math
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -26,19 +23,18 @@ from edge_agent.labelled_data import LabelledImages, open_labelled
 from training.checkpoint import (
     BEST_NAME,
     LAST_NAME,
-    METRICS_NAME,
     load_state,
     save_best,
     save_state,
     unwrap,
 )
-from training.config import CONFIG_NAME, TrainConfig, save_config
+from training.config import TrainConfig, save_config
 from training.data import PreprocessedImages, augment_batch, default_workers, make_loader
 from training.early_stopping import EarlyStopping
 from training.errors import CheckpointError, TrainingError
-from training.evaluate import compute_metrics, predict
-from training.model import count_parameters, create_model
-from training.plots import confusion_matrix_png, curves_png
+from training.evaluate import predict
+from training.model import create_model
+from training.report import write_report
 from training.runtime import (
     Runtime,
     all_reduce_sum,
@@ -51,11 +47,6 @@ from training.schedule import exponential_decay
 from training.split import SPLIT_NAME, Split, load_split, make_split, save_split
 
 Echo = Callable[[str], None]
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _prepare_split(
@@ -321,83 +312,6 @@ def _run(
         echo(f"early stopping: no better val accuracy for {config.patience} epochs")
     stopper.restore(model)
     echo(f"restored the best weights: epoch {stopper.best_epoch}, val acc {stopper.best_value:.4f}")
-    return _report(
+    return write_report(
         config, run_dir, model, images, split, history, stopper, stopped_early, runtime, echo
     )
-
-
-def _report(
-    config: TrainConfig,
-    run_dir: Path,
-    model: torch.nn.Module,
-    images: LabelledImages,
-    split: Split,
-    history: list[dict[str, Any]],
-    stopper: EarlyStopping,
-    stopped_early: bool,
-    runtime: Runtime,
-    echo: Echo,
-) -> dict[str, Any]:
-    """Test metrics of the best weights, metrics.json and the two figures."""
-    from training.evaluate import format_report
-
-    test: dict[str, Any] | None = None
-    if len(split.test):
-        loader = make_loader(
-            PreprocessedImages(images, split.test, config.spec),
-            config.eval_batch_size or 2 * config.batch_size,
-            shuffle=False,
-            workers=config.workers or 0,
-            device=runtime.device,
-            seed=config.seed,
-        )
-        # Test metrics in float32: they describe the saved weights, as `galaxy-train evaluate`
-        # and build-engine's FP32 reference see them (bf16 autocast moved one image in 100).
-        result = predict(
-            model,
-            loader,
-            runtime.device,
-            amp_dtype=None,
-            progress=config.progress,
-            desc="test",
-        )
-        test = compute_metrics(result["labels"], result["probs"].argmax(1), config.num_classes)
-        echo(
-            format_report(
-                test, f"test set ({len(split.test)} images), best epoch {stopper.best_epoch}"
-            )
-        )
-        confusion_matrix_png(test["confusion_matrix"], run_dir / "confusion_matrix.png")
-    if history:
-        curves_png(history, run_dir / "curves.png")
-    metrics: dict[str, Any] = {
-        "model": config.model,
-        "parameters": count_parameters(model),
-        "dataset": images.describe(),
-        "conflicts_excluded": images.conflicts_excluded,
-        "split": {
-            "seed": split.seed,
-            "train": len(split.train),
-            "val": len(split.val),
-            "test": len(split.test),
-            "file": SPLIT_NAME,
-        },
-        "history": history,
-        "epochs_run": len(history),
-        "best_epoch": stopper.best_epoch,
-        "best_val_acc": stopper.best_value,
-        "stopped_early": stopped_early,
-        "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "cuda_peak_bytes": torch.cuda.max_memory_allocated(runtime.device)
-        if runtime.device.type == "cuda"
-        else None,
-        "device": str(runtime.device),
-        "world_size": runtime.world_size,
-        "amp": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off",
-        "versions": {"torch": torch.__version__, "timm": timm.__version__},
-        "test": test,
-        "files": {"weights": BEST_NAME, "config": CONFIG_NAME, "resume": LAST_NAME},
-    }
-    (run_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return metrics
