@@ -13,11 +13,15 @@ One run measures, on this machine:
 * per-stage latency p50/p99 from the payloads, the agent's peak RSS, and the time from process
   start to READY=1 on a notify socket (interpreter, imports, bundle hashing, session, warm-up).
 
-No broker is needed: the agent's results stay in its outbox, which is read while it runs.
+With ``--broker`` (the default) a private mosquitto runs on a free loopback port and the
+figures are taken where a consumer sees them: a frame counts once its classification arrived at
+a subscriber, so outbox commit, publishing and PUBACK are inside the measurement. With
+``--no-broker`` the results stay in the outbox, which is read while the agent runs.
 The model is ``mobilevit_s`` (random weights unless ``--checkpoint`` is given: weights do not
 change the cost), exported to ONNX with a dynamic batch axis.
 
     .venv/bin/python bench/bench_agent.py [--checkpoint RUN_DIR] [--frames 48] [--rounds 3] [--batch 8]
+        [--no-broker]
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import psutil
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import DecodeConfig
 from edge_agent.decode import decode_file
@@ -142,6 +148,47 @@ def _outbox_bodies(outbox: Path) -> list[dict[str, Any]]:
     return [json.loads(r[0]) for r in rows]
 
 
+class Subscriber:
+    """A consumer of the agent's classifications: each payload with its arrival time."""
+
+    def __init__(self, port: int) -> None:
+        self.bodies: list[tuple[dict[str, Any], float]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-subscriber")
+        self.client.on_connect = lambda c, *_: c.subscribe("galaxy-edge/bench/classifications", 1)
+        self.client.on_message = lambda _c, _u, m: self.bodies.append(
+            (json.loads(m.payload), time.time())
+        )
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def unique(self) -> dict[str, tuple[dict[str, Any], float]]:
+        """First arrival of each classification id (QoS 1 may deliver twice)."""
+        first: dict[str, tuple[dict[str, Any], float]] = {}
+        for body, at in list(self.bodies):
+            first.setdefault(body["id"], (body, at))
+        return first
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.access(binary, os.X_OK):
+        raise SystemExit("bench_agent: mosquitto not found (scripts/setup); or use --no-broker")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(0.3)
+    return proc, port
+
+
 def _when(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -149,8 +196,11 @@ def _when(text: str) -> float:
 class AgentProcess:
     """``edge-agent run`` as systemd starts it, fed in rounds through its watched folder."""
 
-    def __init__(self, bundle: Path, work: Path, batch: int, threads: int) -> None:
+    def __init__(
+        self, bundle: Path, work: Path, batch: int, threads: int, port: int | None
+    ) -> None:
         self.work = work
+        self.subscriber = Subscriber(port) if port is not None else None
         self.inbox = work / "inbox"
         self.inbox.mkdir(parents=True)
         self.outbox = work / "outbox.sqlite3"
@@ -164,8 +214,12 @@ class AgentProcess:
             "stats_interval_s": 3600,
             "drain_timeout_s": 3,
             "log_level": "WARNING",
-            # Port 9 (discard): no broker, so every result stays in the outbox to be read here.
-            "mqtt": {"host": "127.0.0.1", "port": 9, "outbox": {"path": str(self.outbox)}},
+            # Without a broker, port 9 (discard): every result stays in the outbox, read here.
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": 9 if port is None else port,
+                "outbox": {"path": str(self.outbox)},
+            },
         }
         (work / "agent.yaml").write_text(yaml.safe_dump(config))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -199,15 +253,22 @@ class AgentProcess:
             os.replace(staging / name, self.inbox / name)
         self.done += len(images)
         deadline = time.monotonic() + 900
-        while len(_outbox_bodies(self.outbox)) < self.done:
+        while len(self.results()) < self.done:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise SystemExit("bench_agent: the agent stopped or stalled")
-            time.sleep(0.1)
+            time.sleep(0.05)
         cpu = sum(psutil.Process(self.proc.pid).cpu_times()[:2]) - cpu0
-        mine = [b for b in _outbox_bodies(self.outbox) if f"/{tag}-" in b["frame_ref"]]
-        start = min(_when(b["received_at"]) for b in mine)
-        end = max(_when(b["classified_at"]) for b in mine)
+        mine = [(b, at) for b, at in self.results() if f"/{tag}-" in b["frame_ref"]]
+        start = min(_when(b["received_at"]) for b, _ in mine)
+        end = max(at for _, at in mine)
         return len(mine) / (end - start), 1e3 * cpu / len(mine)
+
+    def results(self) -> list[tuple[dict[str, Any], float]]:
+        """Each classification with when it was done: arrival at the subscriber with a broker,
+        else its ``classified_at`` (committed to the outbox)."""
+        if self.subscriber is not None:
+            return list(self.subscriber.unique().values())
+        return [(b, _when(b["classified_at"])) for b in _outbox_bodies(self.outbox)]
 
     def peak_rss_mb(self) -> float:
         # VmHWM of the agent's own image: ru_maxrss of a child would count the pages of this
@@ -218,12 +279,22 @@ class AgentProcess:
         return float("nan")
 
     def stop(self) -> None:
+        """SIGTERM, as systemd stops it; ``stop_s`` is the time to exit (None: killed at 60 s)."""
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        t0 = time.monotonic()
+        try:
+            self.proc.wait(60)
+            self.stop_s: float | None = time.monotonic() - t0
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.stop_s = None
         self.notify_sock.close()
+        if self.subscriber is not None:
+            self.subscriber.stop()
 
     def latencies(self) -> dict[str, tuple[float, float]]:
-        bodies = _outbox_bodies(self.outbox)
+        bodies = [b for b, _ in self.results()]
         out = {}
         for stage in ("decode", "queue", "preprocess", "infer", "total"):
             values = np.array([b["latency_ms"][stage] for b in bodies])
@@ -238,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bare/agent pairs, interleaved")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--broker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="publish through a private mosquitto and measure at a subscriber (default)",
+    )
     args = parser.parse_args(argv)
     rows: list[tuple[float, float, float, float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
@@ -245,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = make_bundle(work / "bundle", args.checkpoint, args.batch)
         images = pick_images(args.frames)
         bare = BareOrt(work / "bundle", images, args.batch, args.threads)
-        agent = AgentProcess(work / "bundle", work / "agent", args.batch, args.threads)
+        broker, port = start_broker(work) if args.broker else (None, None)
+        agent = AgentProcess(work / "bundle", work / "agent", args.batch, args.threads, port)
         try:
             # Each agent round sits between two bare runs with the agent's session options, so
             # both see the same machine (on a shared host other jobs come and go).
@@ -257,13 +335,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(((before + after) / 2, spin, fps, fps / ((before + after) / 2),
                              bare_cpu, agent_cpu))  # fmt: skip
             rss = agent.peak_rss_mb()
+            latency = agent.latencies()
         finally:
             agent.stop()
-        latency = agent.latencies()
+            if broker is not None:
+                broker.terminate()
+                broker.wait(10)
     print(
         f"model {manifest.model.name} ({'checkpoint' if args.checkpoint else 'random weights'}), "
         f"{args.frames} JPEGs 256x256 per round, {args.rounds} rounds, batch {args.batch}, "
-        f"{args.threads} ORT threads, {os.cpu_count()} CPUs\n"
+        f"{args.threads} ORT threads, {os.cpu_count()} CPUs, "
+        f"{'through mosquitto, measured at a subscriber' if args.broker else 'no broker (outbox)'}\n"
     )
     print(
         "| round | bare ORT img/s | bare ORT img/s (ORT defaults) | edge-agent img/s "
@@ -278,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| median | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {100 * med[3]:.1f} % "
         f"(goal >= 90 %) | {med[4]:.0f} | {med[5]:.0f} |\n"
     )
-    print(f"start to READY=1: {agent.ready_s:.2f} s; agent peak RSS: {rss:.0f} MiB\n")
+    stop = f"{agent.stop_s:.2f} s" if agent.stop_s is not None else "over 60 s (killed)"
+    print(
+        f"start to READY=1: {agent.ready_s:.2f} s; SIGTERM to exit: {stop}; "
+        f"agent peak RSS: {rss:.0f} MiB\n"
+    )
     print("| stage (all rounds) | p50 ms | p99 ms |\n|---|---|---|")
     for stage, (p50, p99) in latency.items():
         print(f"| {stage} | {p50:.1f} | {p99:.1f} |")
