@@ -35,6 +35,11 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
 
     A failure to send is logged and returns False rather than raising: losing one STATUS line
     must not stop the pipeline. A lost WATCHDOG=1 is caught by systemd's watchdog itself.
+
+    The send never blocks: the pipeline thread pings from its work loop, and a receiver that
+    does not read (a busy PID 1, a test harness) fills the socket's queue after
+    ``net.unix.max_dgram_qlen`` datagrams (10 on some hosts), after which a blocking send
+    would stall classification until the receiver reads. A full queue drops the message.
     """
     address = _address(os.environ if env is None else env)
     if address is None:
@@ -42,7 +47,10 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall(state.encode("utf-8"))
+            sock.send(state.encode("utf-8"), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        log.warning("sd_notify to %r dropped: the receiver's queue is full", address)
+        return False
     except OSError as exc:
         log.warning("sd_notify to %r failed: %s", address, exc)
         return False

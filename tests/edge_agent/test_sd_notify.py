@@ -72,3 +72,20 @@ def test_watchdog_interval() -> None:
     assert sd_notify.watchdog_interval_s({**env, "WATCHDOG_PID": str(me + 1)}) is None
     assert sd_notify.watchdog_interval_s({"WATCHDOG_USEC": "0"}) is None
     assert sd_notify.watchdog_interval_s({"WATCHDOG_USEC": "soon"}) is None
+
+
+@pytest.mark.timeout(30)  # the old blocking send hung here
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(
+    path_socket: socket.socket,
+) -> None:
+    # The kernel queues at most net.unix.max_dgram_qlen datagrams (10 on some hosts, more on
+    # others); past that a blocking send would wait for the receiver: the pipeline would stall.
+    import time
+
+    t0 = time.monotonic()
+    results = [sd_notify.status(f"frame {i}") for i in range(3000)]
+    assert time.monotonic() - t0 < 10.0
+    assert results[0] is True
+    assert results.count(False) > 0, "the queue never filled: the test proves nothing here"
+    path_socket.setblocking(False)
+    assert path_socket.recv(4096) == b"STATUS=frame 0"
