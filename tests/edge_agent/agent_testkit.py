@@ -79,6 +79,16 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
+def preload_inbox(inbox: Path, count: int, side: int) -> list[Path]:
+    """``count`` PNG frames f00.png… written straight into ``inbox`` before the agent starts."""
+    paths = []
+    for i in range(count):
+        _ok, png = cv2.imencode(".png", galaxy_like(i, side, side))
+        paths.append(inbox / f"f{i:02}.png")
+        paths[-1].write_bytes(png.tobytes())
+    return paths
+
+
 def drop_file(folder: Path, name: str, data: bytes) -> Path:
     """Write as a careful receiver does: a dotted temporary, then a rename into place."""
     tmp = folder / f".{name}.part"

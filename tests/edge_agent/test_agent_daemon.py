@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from agent_testkit import agent_config, drop_file, galaxy_like, write_config
+from agent_testkit import agent_config, drop_file, galaxy_like, preload_inbox, write_config
 from mqtt_broker import Collector, MosquittoBroker
 
 pytestmark = pytest.mark.mqtt
@@ -94,11 +94,7 @@ def test_sigkill_and_restart_loses_nothing(
     )
     cfg = write_config(tmp_path / "agent.yaml", raw)
     inbox = tmp_path / "inbox"
-    paths = []
-    for i in range(40):
-        _ok, png = cv2.imencode(".png", galaxy_like(i, 400, 400))
-        paths.append(inbox / f"f{i:02}.png")
-        paths[-1].write_bytes(png.tobytes())
+    paths = preload_inbox(inbox, 40, 400)
     collector = Collector(mosquitto)
     proc = spawn(cfg)
     try:

@@ -18,6 +18,7 @@ from agent_testkit import (
     expected_probabilities,
     galaxy_like,
     make_bundle,
+    preload_inbox,
     write_config,
     write_png,
 )
@@ -204,11 +205,7 @@ def test_sighup_reload_swaps_bundle_keeps_queued(
     )
     cfg = write_config(tmp_path / "agent.yaml", raw)
     inbox = tmp_path / "inbox"
-    paths = []
-    for i in range(40):
-        _ok, png = cv2.imencode(".png", galaxy_like(i, 300, 300))
-        paths.append(inbox / f"f{i:02}.png")
-        paths[-1].write_bytes(png.tobytes())
+    paths = preload_inbox(inbox, 40, 300)
     collector = Collector(mosquitto)
     try:
         with RunningAgent(cfg) as agent:
@@ -258,11 +255,7 @@ def test_stop_drains_queue_and_flushes_outbox(
     )
     cfg = write_config(tmp_path / "agent.yaml", raw)
     inbox = tmp_path / "inbox"
-    paths = []
-    for i in range(20):
-        _ok, png = cv2.imencode(".png", galaxy_like(i, 400, 400))
-        paths.append(inbox / f"f{i:02}.png")
-        paths[-1].write_bytes(png.tobytes())
+    paths = preload_inbox(inbox, 20, 400)
     collector = Collector(mosquitto)
     try:
         runner = RunningAgent(cfg)
