@@ -48,10 +48,16 @@ import psutil
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import DecodeConfig
-from edge_agent.decode import decode_file
-from edge_agent.manifest import Manifest, ModelInfo, official_classes, sha256_file, write_manifest
-from edge_agent.preprocess import DEFAULT_SPEC, preprocess_batch
+from edge_agent.contract.decode import decode_file
+from edge_agent.contract.decode_config import DecodeConfig
+from edge_agent.contract.manifest import (
+    Manifest,
+    ModelInfo,
+    official_classes,
+    sha256_file,
+    write_manifest,
+)
+from edge_agent.contract.preprocess import DEFAULT_SPEC, preprocess_batch
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxy10-sample"
 

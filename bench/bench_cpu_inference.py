@@ -108,8 +108,8 @@ def _peak_rss_mb() -> float:
 
 def _calibration(size: int, count: int) -> tuple[np.ndarray, str]:
     if SAMPLE.is_file():
-        from edge_agent.labelled_data import open_labelled
-        from edge_agent.preprocess import DEFAULT_SPEC, preprocess_batch
+        from edge_agent.contract.labelled_data import open_labelled
+        from edge_agent.contract.preprocess import DEFAULT_SPEC, preprocess_batch
 
         data = open_labelled(SAMPLE, limit=count)
         spec = DEFAULT_SPEC.model_copy(update={"input_size": size})

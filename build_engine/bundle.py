@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from build_engine.errors import BundleError
-from edge_agent.manifest import MANIFEST_NAME, Manifest, write_manifest
+from edge_agent.contract.manifest import MANIFEST_NAME, Manifest, write_manifest
 
 
 def cache_key(manifest: Manifest) -> str:

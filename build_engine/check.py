@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build_engine.device import DeviceInfo
-from edge_agent.errors import ManifestError, StaleBundleError
-from edge_agent.manifest import BatchProfile, Manifest, check_device, load_bundle
+from edge_agent.contract.errors import ManifestError, StaleBundleError
+from edge_agent.contract.manifest import BatchProfile, Manifest, check_device, load_bundle
 
 
 @dataclass(frozen=True)

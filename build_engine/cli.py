@@ -16,8 +16,8 @@ from build_engine.device import DeviceInfo, probe
 from build_engine.errors import AccuracyGateError, ExportError, UsageError
 from build_engine.export import checkpoint_sha256
 from build_engine.pipeline import BuildRequest, build, default_precision, resolve_backend
-from edge_agent.errors import GalaxyEdgeError
-from edge_agent.manifest import BatchProfile, sha256_file
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.manifest import BatchProfile, sha256_file
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # bad input or a failed build step: the message names the problem and the fix

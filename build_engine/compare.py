@@ -22,8 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from build_engine.errors import BuildEngineError
-from edge_agent.errors import GalaxyEdgeError
-from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
 
 
 class Runner(Protocol):
@@ -60,7 +60,7 @@ class BundleRunner:
 
     def __init__(self, bundle_dir: Path) -> None:
         from edge_agent.backends.factory import create_backend
-        from edge_agent.manifest import load_bundle
+        from edge_agent.contract.manifest import load_bundle
 
         manifest = load_bundle(bundle_dir)
         self.name = f"{bundle_dir} ({manifest.backend} {manifest.precision})"
@@ -131,7 +131,7 @@ def random_frames(count: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def labelled_frames(path: Path, count: int) -> list[np.ndarray]:
-    from edge_agent.labelled_data import open_labelled
+    from edge_agent.contract.labelled_data import open_labelled
 
     dataset = open_labelled(path, limit=count)
     return [dataset[i][0] for i in range(len(dataset))]

@@ -4,7 +4,7 @@ Library code raises these; only :func:`build_engine.cli.main` turns them into on
 and exit codes. Each message names the file or option at fault and what to do about it.
 """
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 
 class BuildEngineError(GalaxyEdgeError):

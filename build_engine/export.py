@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from build_engine.errors import ExportError
-from edge_agent.classes import NUM_CLASSES
-from edge_agent.manifest import TrainingProvenance
+from edge_agent.contract.classes import NUM_CLASSES
+from edge_agent.contract.manifest import TrainingProvenance
 
 if TYPE_CHECKING:
     import onnx
@@ -228,7 +228,7 @@ def _checkpoint_file(path: Path) -> Path:
 
 def checkpoint_sha256(path: Path) -> str | None:
     """sha256 of the checkpoint's weights file (a run directory's ``best.safetensors``)."""
-    from edge_agent.manifest import sha256_file
+    from edge_agent.contract.manifest import sha256_file
 
     target = _checkpoint_file(Path(path))
     return sha256_file(target) if target.is_file() else None
@@ -257,7 +257,7 @@ def export_checkpoint(checkpoint: Path, out_path: Path, *, simplify: bool = True
         ) from exc
     except Exception as exc:
         # training raises its own GalaxyEdgeError subclasses; keep their one-line message.
-        from edge_agent.errors import GalaxyEdgeError
+        from edge_agent.contract.errors import GalaxyEdgeError
 
         if isinstance(exc, GalaxyEdgeError):
             raise ExportError(str(exc)) from exc

@@ -14,7 +14,7 @@ import numpy as np
 
 from build_engine.errors import AccuracyGateError
 from build_engine.images import LabelledBatch
-from edge_agent.manifest import AccuracyGate
+from edge_agent.contract.manifest import AccuracyGate
 
 DEFAULT_THRESHOLD_POINTS = 1.0
 EVAL_BATCH = 16

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from build_engine.errors import CalibrationError
-from edge_agent.errors import GalaxyEdgeError
-from edge_agent.labelled_data import LabelledImages, open_labelled
-from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_frame
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.labelled_data import LabelledImages, open_labelled
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_frame
 
 SPLIT_SEED = 20261126
 

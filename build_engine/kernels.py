@@ -6,7 +6,7 @@ cubin is what the agent loads; the PTX is kept so that a driver that rejects the
 it instead. ptxas reports registers and spills; a spill fails the build, because a spilling
 preprocessing kernel is a regression somebody should see, not a slowdown to ship.
 
-This module imports no pydantic at import time (``edge_agent.manifest`` is imported inside
+This module imports no pydantic at import time (``edge_agent.contract.manifest`` is imported inside
 :func:`compile_kernels`), so ``scripts/gpu-check`` can use it on a bare GPU host.
 """
 
@@ -24,7 +24,7 @@ from build_engine.device import arch_of, find_nvcc, nvcc_version, probe
 from build_engine.errors import KernelBuildError
 
 if TYPE_CHECKING:
-    from edge_agent.manifest import KernelInfo
+    from edge_agent.contract.manifest import KernelInfo
 
 KERNEL_SOURCE = Path(__file__).resolve().parent / "cuda" / "preprocess.cu"
 ENTRY_POINTS = ("galaxy_preprocess_f32", "galaxy_preprocess_f16")
@@ -176,7 +176,7 @@ def _atomic_target(out_dir: Path, name: str) -> Path:
 
 def compile_kernels(out_dir: Path, arch: str | None = None) -> KernelInfo:
     """Write ``preprocess.cubin`` (for ``arch``, default this GPU's) and ``preprocess.ptx``."""
-    from edge_agent.manifest import KernelInfo, sha256_file
+    from edge_agent.contract.manifest import KernelInfo, sha256_file
 
     out_dir = Path(out_dir)
     nvcc = require_nvcc()

@@ -33,7 +33,7 @@ from build_engine.export import (
     read_metadata,
 )
 from build_engine.images import LabelledBatch, load_calibration_and_gate, load_gate_only
-from edge_agent.manifest import (
+from edge_agent.contract.manifest import (
     AccuracyGate,
     BatchProfile,
     KernelInfo,
@@ -46,7 +46,7 @@ from edge_agent.manifest import (
     official_classes,
     sha256_file,
 )
-from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 Backend = Literal["onnxruntime", "tensorrt"]
 TRT_NOTICE = (

@@ -28,7 +28,7 @@ import tensorrt as trt
 from build_engine.device import gpu, l4t_release
 from build_engine.errors import PrecisionError, TensorRTBuildError
 from edge_agent.backends.tensorrt_common import TensorRTLogger
-from edge_agent.manifest import BatchProfile, TensorRTInfo
+from edge_agent.contract.manifest import BatchProfile, TensorRTInfo
 
 log = logging.getLogger(__name__)
 

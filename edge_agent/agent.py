@@ -21,9 +21,9 @@ from edge_agent import payloads, sd_notify
 from edge_agent.backends.base import Backend
 from edge_agent.backends.factory import create_backend
 from edge_agent.config import AgentConfig, SourceConfig, load_config
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.manifest import Manifest, load_bundle
 from edge_agent.ledger import Ledger
-from edge_agent.manifest import Manifest, load_bundle
 from edge_agent.mqtt_client import MqttPublisher
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, uses_gpu_preprocessing

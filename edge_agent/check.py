@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.agent import load_backend
 from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_config
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.mqtt_connection import new_client
 from edge_agent.sources.base import SourceError
 from edge_agent.sources.factory import SCHEMES, dir_path

@@ -15,7 +15,7 @@ from types import FrameType
 
 from edge_agent import __version__
 from edge_agent.config import ConfigError, load_config
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,10 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, ImageFormat
+from edge_agent.contract.errors import GalaxyEdgeError
 
-ImageFormat = Literal["png", "jpeg", "tiff", "npy", "fits"]
-ALL_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "tiff", "npy", "fits")
 LIVE_SCHEMES = ("v4l2", "csi", "rtsp", "rtsps")
 
 
@@ -145,46 +144,6 @@ class PipelineConfig(_Strict):
         False, description="ONNX Runtime workers busy-wait (faster only on otherwise idle cores)"
     )
     ready_queue: int = Field(32, ge=1, le=10_000, description="decoded frames waiting to batch")
-
-
-class StretchConfig(_Strict):
-    """How 16-bit and float FITS/TIFF/NPY data become 8 bits.
-
-    ``linear`` maps [low, high] percentiles to [0, 255]; ``asinh`` does the same after
-    ``asinh(x / a) / asinh(1 / a)`` on the normalised value (brings out faint structure);
-    ``percentile`` is the z-scale-like clip (same as linear, named for its use).
-    """
-
-    method: Literal["linear", "asinh", "percentile"] = "asinh"
-    low_percentile: float = Field(0.5, ge=0.0, lt=100.0)
-    high_percentile: float = Field(99.5, gt=0.0, le=100.0)
-    asinh_a: float = Field(0.1, gt=0.0, le=10.0, description="asinh softening")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> StretchConfig:
-        if self.low_percentile >= self.high_percentile:
-            raise ValueError("low_percentile must be below high_percentile")
-        return self
-
-
-class FitsConfig(_Strict):
-    hdu: int | None = Field(None, ge=0, description="default: the first HDU holding an image")
-    bands: list[int] | None = Field(
-        None, description="plane indices of a 3-D cube: 1 (grey) or 3 (R, G, B)"
-    )
-
-    @model_validator(mode="after")
-    def _band_count(self) -> FitsConfig:
-        if self.bands is not None and len(self.bands) not in (1, 3):
-            raise ValueError("bands must list 1 or 3 plane indices")
-        return self
-
-
-class DecodeConfig(_Strict):
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(50_000_000, ge=64)
-    stretch: StretchConfig = Field(default_factory=StretchConfig)
-    fits: FitsConfig = Field(default_factory=FitsConfig)
 
 
 class AgentConfig(_Strict):

@@ -1,6 +1,6 @@
 """Preprocessing on the GPU with the bundle's kernels (``preprocess.cubin`` / ``preprocess.ptx``).
 
-The kernels (``build_engine/cuda/preprocess.cu``) implement :mod:`edge_agent.preprocess` bit for
+The kernels (``build_engine/cuda/preprocess.cu``) implement :mod:`edge_agent.contract.preprocess` bit for
 bit, one launch for a whole batch of frames of any sizes. A batch travels to the GPU in ONE
 host-to-device copy of one staging buffer that holds, in this order, the frames' device
 pointers, their heights, widths and row pitches, and then the frames' pixel rows
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edge_agent.backends.base import BackendError
-from edge_agent.preprocess import ChannelOrder, PreprocessSpec, check_frame
+from edge_agent.contract.preprocess import ChannelOrder, PreprocessSpec, check_frame
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 
 class LedgerError(GalaxyEdgeError):

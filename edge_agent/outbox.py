@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 SCHEMA_VERSION = 1
 Clock = Callable[[], float]  # Unix seconds; injectable so age limits test without sleeping

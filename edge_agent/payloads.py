@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from edge_agent.classes import CLASS_NAMES, NUM_CLASSES, class_name
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.classes import CLASS_NAMES, NUM_CLASSES, class_name
+from edge_agent.contract.errors import GalaxyEdgeError
 
 SCHEMA_VERSION = 1
 TOPIC_NAMES = ("status", "classifications", "errors", "stats", "frames")

@@ -23,10 +23,10 @@ from edge_agent import payloads
 from edge_agent.backends.base import Backend, BackendError
 from edge_agent.batcher import Batcher
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.decode import DecodeError, decode_bytes, decode_file
-from edge_agent.errors import PreprocessError
+from edge_agent.contract.decode import DecodeError, decode_bytes, decode_file
+from edge_agent.contract.errors import PreprocessError
+from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
 from edge_agent.outbox import Outbox, PendingMessage
-from edge_agent.preprocess import PreprocessSpec, check_frame, preprocess_frame
 from edge_agent.quarantine import Quarantine, QuarantineError
 from edge_agent.results import classify
 from edge_agent.sources.base import Frame, FrameHub

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 
 class QuarantineError(GalaxyEdgeError):

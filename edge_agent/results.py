@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.classes import CLASS_NAMES
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.contract.errors import GalaxyEdgeError
 
 
 class ResultError(GalaxyEdgeError):

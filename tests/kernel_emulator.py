@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.preprocess import PreprocessSpec, preprocess_frame
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_frame
 
 BUGS = (None, "ignore_pitch", "ignore_bgr", "skip_last_frame", "nudge_one_value")
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from edge_agent.manifest import TrainingProvenance, sha256_file
+from edge_agent.contract.manifest import TrainingProvenance, sha256_file
 from training.config import TrainConfig, config_from_json, config_to_json
 from training.errors import CheckpointError
 from training.model import create_model

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 EXIT_ERROR = 2
 

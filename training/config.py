@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
 from training.errors import TrainingError
 
 CONFIG_NAME = "config.json"

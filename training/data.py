@@ -1,6 +1,6 @@
 """Torch datasets over the labelled readers, and batch-wise augmentation on the device.
 
-Every item goes through exactly the inference transform (:func:`edge_agent.preprocess.preprocess_frame`),
+Every item goes through exactly the inference transform (:func:`edge_agent.contract.preprocess.preprocess_frame`),
 so validation, test and evaluation see what the deployed model sees. Training adds augmentation
 after that, on whole batches on the training device (the GPU when there is one): one
 ``affine_grid``/``grid_sample`` per batch composes rotation over the full circle (galaxies have no
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from edge_agent.labelled_data import LabelledImages
-from edge_agent.preprocess import PreprocessSpec, preprocess_frame
+from edge_agent.contract.labelled_data import LabelledImages
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_frame
 from training.config import AugmentConfig
 
 

@@ -1,6 +1,6 @@
 """Typed errors of the training package; ``training.cli.main`` turns them into one-line exits."""
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 
 class TrainingError(GalaxyEdgeError):

@@ -17,8 +17,8 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm import tqdm
 
-from edge_agent.classes import CLASS_NAMES
-from edge_agent.labelled_data import open_labelled
+from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.contract.labelled_data import open_labelled
 from training.checkpoint import load_model_weights, resolve_weights
 from training.data import PreprocessedImages, make_loader
 from training.split import SPLIT_NAME, load_split

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from edge_agent.classes import CLASS_NAMES
+from edge_agent.contract.classes import CLASS_NAMES
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], path: Path) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import timm
 import torch
 
-from edge_agent.labelled_data import LabelledImages
+from edge_agent.contract.labelled_data import LabelledImages
 from training.checkpoint import BEST_NAME, LAST_NAME, METRICS_NAME
 from training.config import CONFIG_NAME, TrainConfig
 from training.data import PreprocessedImages, make_loader

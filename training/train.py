@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from edge_agent.labelled_data import LabelledImages, open_labelled
+from edge_agent.contract.labelled_data import LabelledImages, open_labelled
 from training.checkpoint import (
     BEST_NAME,
     LAST_NAME,

@@ -3,7 +3,7 @@
 // One launch handles a whole batch of frames of any sizes. Each thread computes one output
 // pixel (all three channels) of one frame: grid = (ceil(S*S / blockDim.x), N).
 //
-// This kernel is a bit-for-bit port of the CPU reference, edge_agent/preprocess.py
+// This kernel is a bit-for-bit port of the CPU reference, edge_agent/contract/preprocess.py
 // (preprocess_frame and sample_grid); keep the two in step:
 //   crop   center_square: side = min(h, w), corner ((w - side) / 2, (h - side) / 2) in integers;
 //          none (crop_none != 0): the whole frame.
@@ -25,7 +25,7 @@
 
 namespace {
 
-// Sampling along one axis, exactly as edge_agent.preprocess.sample_grid.
+// Sampling along one axis, exactly as edge_agent.contract.preprocess.sample_grid.
 struct Axis {
     int lo;
     int hi;

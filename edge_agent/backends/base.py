@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import GalaxyEdgeError
-from edge_agent.manifest import Manifest
-from edge_agent.preprocess import ChannelOrder, preprocess_batch
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.manifest import Manifest
+from edge_agent.contract.preprocess import ChannelOrder, preprocess_batch
 
 
 class BackendError(GalaxyEdgeError):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge_agent.backends.base import Backend, BackendError
-from edge_agent.manifest import Manifest
+from edge_agent.contract.manifest import Manifest
 
 BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
 

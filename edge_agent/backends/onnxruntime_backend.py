@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.backends.base import Backend, BackendError
-from edge_agent.manifest import Manifest
+from edge_agent.contract.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

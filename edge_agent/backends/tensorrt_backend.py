@@ -3,7 +3,7 @@
 Imported only when a TensorRT bundle is loaded (the only module of ``edge_agent``, with
 :mod:`edge_agent.cuda_preprocess`, that touches TensorRT or pycuda). Before the plan is
 deserialised the manifest is checked against this TensorRT, GPU name and compute capability
-(:func:`edge_agent.manifest.check_device`): a plan built elsewhere is refused, never loaded.
+(:func:`edge_agent.contract.manifest.check_device`): a plan built elsewhere is refused, never loaded.
 
 Buffers are allocated once for the bundle's largest batch: engine input and output on the
 device, page-locked host copies of both, all copies asynchronous on the one stream. Frames are
@@ -27,10 +27,10 @@ import tensorrt as trt
 
 from edge_agent.backends.base import Backend, BackendError, BatchResult
 from edge_agent.backends.tensorrt_common import TensorRTLogger
+from edge_agent.contract.errors import PreprocessError
+from edge_agent.contract.manifest import Manifest, check_device
+from edge_agent.contract.preprocess import ChannelOrder
 from edge_agent.cuda_preprocess import CudaPreprocessor, cuda_call
-from edge_agent.errors import PreprocessError
-from edge_agent.manifest import Manifest, check_device
-from edge_agent.preprocess import ChannelOrder
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.errors import GalaxyEdgeError
 
 Policy = Literal["block", "drop_oldest"]
 

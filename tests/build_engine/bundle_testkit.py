@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edge_agent.manifest import Manifest, ModelInfo, official_classes
-from edge_agent.preprocess import DEFAULT_SPEC
+from edge_agent.contract.manifest import Manifest, ModelInfo, official_classes
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 
 
 def manifest_for(

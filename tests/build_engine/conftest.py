@@ -33,7 +33,7 @@ def tiny_torch_model():
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Path:
     from build_engine.export import export_module, write_metadata
-    from edge_agent.manifest import TrainingProvenance
+    from edge_agent.contract.manifest import TrainingProvenance
 
     path = tmp_path_factory.mktemp("tiny-onnx") / "mobilevit_xxs.onnx"
     report = export_module(tiny_torch_model, path, input_size=TINY_SIZE)

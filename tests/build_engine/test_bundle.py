@@ -9,8 +9,8 @@ import pytest
 
 from build_engine.bundle import cache_key, check_output_dir, write_bundle
 from build_engine.errors import BundleError
-from edge_agent.errors import ManifestError
-from edge_agent.manifest import (
+from edge_agent.contract.errors import ManifestError
+from edge_agent.contract.manifest import (
     TensorRTInfo,
     load_bundle,
     sha256_file,

@@ -9,7 +9,7 @@ from bundle_testkit import manifest_for
 from build_engine.bundle import write_bundle
 from build_engine.check import Wanted, stale_reasons
 from build_engine.device import DeviceInfo
-from edge_agent.manifest import BatchProfile, KernelInfo, TensorRTInfo
+from edge_agent.contract.manifest import BatchProfile, KernelInfo, TensorRTInfo
 
 
 def _bundle(tmp_path: Path, backend: str = "onnxruntime", **extra: object) -> Path:

@@ -17,7 +17,7 @@ from build_engine.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_STALE, EXIT_US
 from build_engine.device import probe
 from build_engine.pipeline import TRT_NOTICE
 from build_engine.quantize import QuantizeReport
-from edge_agent.manifest import load_bundle, sha256_file
+from edge_agent.contract.manifest import load_bundle, sha256_file
 
 HAS_TRT = probe().tensorrt_version is not None
 FAST_INT8 = ["--quantizer", "onnxruntime", "--calibration-method", "max"]
@@ -168,7 +168,7 @@ def self_labelled_csv(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory)
     import cv2
 
     from build_engine.gate import predict
-    from edge_agent.preprocess import DEFAULT_SPEC, preprocess_batch
+    from edge_agent.contract.preprocess import DEFAULT_SPEC, preprocess_batch
 
     root = tmp_path_factory.mktemp("self-labelled")
     rng = np.random.default_rng(5)

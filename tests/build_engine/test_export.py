@@ -21,7 +21,7 @@ from build_engine.export import (
     read_metadata,
     run_onnx,
 )
-from edge_agent.manifest import TrainingProvenance
+from edge_agent.contract.manifest import TrainingProvenance
 
 
 def test_export_at_256_matches_pytorch_with_dynamic_batch(tiny_torch_model, tmp_path: Path) -> None:

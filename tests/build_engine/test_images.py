@@ -9,7 +9,7 @@ import pytest
 
 from build_engine.errors import CalibrationError
 from build_engine.images import load_calibration_and_gate, split_indices
-from edge_agent.preprocess import DEFAULT_SPEC
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 
 SPEC = DEFAULT_SPEC.model_copy(update={"input_size": 64})
 

@@ -213,7 +213,7 @@ def test_kernel_source_on_the_host_equals_the_reference_bit_for_bit(
 ) -> None:
     import numpy as np
 
-    from edge_agent.preprocess import PreprocessSpec, preprocess_batch
+    from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 
     rng = np.random.default_rng(out_size)
     shapes = [(1, 1), (7, 13), (64, 64), (100, 37), (255, 257), (30, 300)]

@@ -18,7 +18,7 @@ from build_engine.check import stale_reasons
 from build_engine.device import DeviceInfo
 from build_engine.errors import CalibrationError, PrecisionError
 from build_engine.pipeline import TRT_NOTICE, BuildRequest, build
-from edge_agent.manifest import BatchProfile, KernelInfo, TensorRTInfo, load_bundle
+from edge_agent.contract.manifest import BatchProfile, KernelInfo, TensorRTInfo, load_bundle
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from build_engine.device import import_tensorrt
 from build_engine.errors import PrecisionError, TensorRTBuildError
-from edge_agent.manifest import BatchProfile
+from edge_agent.contract.manifest import BatchProfile
 
 
 def make_fake_trt(

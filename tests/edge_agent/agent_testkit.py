@@ -18,8 +18,14 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.manifest import Manifest, ModelInfo, official_classes, sha256_file, write_manifest
-from edge_agent.preprocess import DEFAULT_SPEC
+from edge_agent.contract.manifest import (
+    Manifest,
+    ModelInfo,
+    official_classes,
+    sha256_file,
+    write_manifest,
+)
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 
 
 def build_tiny_onnx(path: Path, seed: int = 0, size: int = 256) -> None:
@@ -162,7 +168,7 @@ def expected_probabilities(rgb: np.ndarray, bundle: Path) -> np.ndarray:
     """What the agent must publish for ``rgb``: bare ONNX Runtime on the CPU reference input."""
     import onnxruntime as ort
 
-    from edge_agent.preprocess import preprocess_frame
+    from edge_agent.contract.preprocess import preprocess_frame
 
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": preprocess_frame(rgb)[None]})[0][0].astype(

@@ -24,8 +24,8 @@ from agent_testkit import (
 )
 from mqtt_broker import Collector, MosquittoBroker
 
-from edge_agent.classes import CLASS_NAMES
-from edge_agent.manifest import sha256_file
+from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.contract.manifest import sha256_file
 
 pytestmark = pytest.mark.mqtt
 T = "galaxy-edge/dev1/"

@@ -6,7 +6,7 @@ import pytest
 
 from edge_agent.backends.base import BackendError
 from edge_agent.backends.factory import create_backend
-from edge_agent.manifest import load_bundle
+from edge_agent.contract.manifest import load_bundle
 from edge_agent.pipeline import uses_gpu_preprocessing
 
 

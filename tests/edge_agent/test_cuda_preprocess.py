@@ -18,6 +18,8 @@ import pytest
 from kernel_emulator import FakeDriver, install_fake_pycuda
 
 from edge_agent.backends.base import BackendError
+from edge_agent.contract.errors import PreprocessError
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
 from edge_agent.cuda_preprocess import (
     ALIGN,
     CudaPreprocessor,
@@ -27,8 +29,6 @@ from edge_agent.cuda_preprocess import (
     launch_geometry,
     staging_layout,
 )
-from edge_agent.errors import PreprocessError
-from edge_agent.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
 
 
 def _frames(shapes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:

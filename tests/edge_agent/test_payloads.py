@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from edge_agent.classes import CLASS_NAMES
-from edge_agent.errors import UnknownClassError
+from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.contract.errors import UnknownClassError
 from edge_agent.payloads import (
     SCHEMA_VERSION,
     PayloadError,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.classes import CLASS_NAMES
+from edge_agent.contract.classes import CLASS_NAMES
 from edge_agent.results import ResultError, classify, softmax, top_k
 
 

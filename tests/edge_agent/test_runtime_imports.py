@@ -11,9 +11,9 @@ RUNTIME_MODULES = [
     "edge_agent.backends.factory",
     "edge_agent.backends.onnxruntime_backend",
     "edge_agent.sources.factory",
-    "edge_agent.decode",
+    "edge_agent.contract.decode",
     "edge_agent.mqtt_client",
-    "edge_agent.labelled_data",
+    "edge_agent.contract.labelled_data",
 ]
 FORBIDDEN = ["torch", "timm", "tensorrt", "pycuda", "h5py", "training", "build_engine"]
 

@@ -23,7 +23,7 @@ import pytest
 from kernel_emulator import DeviceMemory, run_kernel
 
 from build_engine.device import find_nvcc
-from edge_agent.preprocess import PreprocessSpec, preprocess_batch
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu-check"

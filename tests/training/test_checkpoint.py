@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from training_testkit import TINY_MODEL, tiny_config_values
 
-from edge_agent.manifest import TrainingProvenance, sha256_file
-from edge_agent.preprocess import preprocess_batch
+from edge_agent.contract.manifest import TrainingProvenance, sha256_file
+from edge_agent.contract.preprocess import preprocess_batch
 from training.checkpoint import CONFIG_KEY, load_for_export, save_best
 from training.config import make_config
 from training.errors import CheckpointError

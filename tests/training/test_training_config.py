@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.preprocess import DEFAULT_SPEC
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 from training.config import TrainConfig, load_config, make_config, save_config
 from training.errors import TrainingError
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.labelled_data import open_labelled
-from edge_agent.preprocess import PreprocessSpec, preprocess_batch
+from edge_agent.contract.labelled_data import open_labelled
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 from training.config import AugmentConfig, make_config
 from training.data import PreprocessedImages, augment_batch, make_loader
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.classes import CLASSES
+from edge_agent.contract.classes import CLASSES
 
 # Official ids on purpose not 0..2: the head has 10 outputs and ids must survive end to end.
 EASY_CLASSES = (2, 5, 8)

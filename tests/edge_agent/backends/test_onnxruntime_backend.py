@@ -10,7 +10,7 @@ from agent_testkit import make_bundle
 from edge_agent.backends.base import BackendError
 from edge_agent.backends.factory import create_backend
 from edge_agent.backends.onnxruntime_backend import OnnxRuntimeBackend
-from edge_agent.manifest import load_bundle, read_manifest
+from edge_agent.contract.manifest import load_bundle, read_manifest
 
 
 def test_matches_bare_onnxruntime(tiny_bundle: Path) -> None:

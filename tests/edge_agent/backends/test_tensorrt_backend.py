@@ -23,8 +23,8 @@ import pytest
 from kernel_emulator import FakeDriver, install_fake_pycuda
 
 from edge_agent.backends.base import BackendError
-from edge_agent.errors import StaleBundleError
-from edge_agent.manifest import (
+from edge_agent.contract.errors import StaleBundleError
+from edge_agent.contract.manifest import (
     BatchProfile,
     KernelInfo,
     Manifest,
@@ -32,7 +32,7 @@ from edge_agent.manifest import (
     TensorRTInfo,
     official_classes,
 )
-from edge_agent.preprocess import PreprocessSpec, preprocess_batch
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 
 S = 32  # a small model input keeps the emulation fast
 

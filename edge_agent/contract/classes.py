@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from edge_agent.errors import UnknownClassError
+from edge_agent.contract.errors import UnknownClassError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from edge_agent.config import DecodeConfig, StretchConfig
-from edge_agent.decode import DecodeError, decode_bytes, decode_file, sniff, stretch
+from edge_agent.contract.decode import DecodeError, decode_bytes, decode_file, sniff, stretch
+from edge_agent.contract.decode_config import DecodeConfig, StretchConfig
 
 CFG = DecodeConfig()
 RNG = np.random.default_rng(7)

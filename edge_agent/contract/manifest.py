@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.classes import CLASS_NAMES
-from edge_agent.errors import ManifestError, StaleBundleError
-from edge_agent.preprocess import PreprocessSpec
+from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.contract.errors import ManifestError, StaleBundleError
+from edge_agent.contract.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

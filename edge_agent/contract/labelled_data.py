@@ -3,7 +3,7 @@
 Three sources, one interface (:class:`LabelledImages`): ``Galaxy10_DECals.h5`` (keys ``images``
 and ``ans``), a folder with one sub-folder per class, and a labels CSV (``file,label[,name,...]``
 with files relative to the CSV). Labels are always the OFFICIAL Galaxy10 DECaLS ids; a folder name
-is mapped through :func:`edge_agent.classes.class_id`, never through its sort order.
+is mapped through :func:`edge_agent.contract.classes.class_id`, never through its sort order.
 
 Torch-free on purpose: the edge device's calibration code reads the same sets without torch.
 Images are read lazily (the h5 holds 3.5 GB of pixels); only their hashes are kept, to find
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.classes import CLASS_NAMES, NUM_CLASSES, class_id, class_name
-from edge_agent.errors import GalaxyEdgeError, UnknownClassError
+from edge_agent.contract.classes import CLASS_NAMES, NUM_CLASSES, class_id, class_name
+from edge_agent.contract.errors import GalaxyEdgeError, UnknownClassError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 H5_SUFFIXES = (".h5", ".hdf5")

@@ -1,7 +1,7 @@
 import pytest
 
-from edge_agent.classes import CLASS_NAMES, CLASSES, NUM_CLASSES, class_id, class_name
-from edge_agent.errors import UnknownClassError
+from edge_agent.contract.classes import CLASS_NAMES, CLASSES, NUM_CLASSES, class_id, class_name
+from edge_agent.contract.errors import UnknownClassError
 
 
 def test_official_order_is_the_h5_ans_order() -> None:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import ManifestError, StaleBundleError
-from edge_agent.manifest import (
+from edge_agent.contract.errors import ManifestError, StaleBundleError
+from edge_agent.contract.manifest import (
     MANIFEST_NAME,
     Manifest,
     ModelInfo,
@@ -16,7 +16,7 @@ from edge_agent.manifest import (
     sha256_file,
     write_manifest,
 )
-from edge_agent.preprocess import DEFAULT_SPEC
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 
 
 def _manifest(**overrides: object) -> Manifest:

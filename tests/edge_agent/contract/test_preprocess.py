@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.errors import PreprocessError
-from edge_agent.preprocess import (
+from edge_agent.contract.errors import PreprocessError
+from edge_agent.contract.preprocess import (
     DEFAULT_SPEC,
     PreprocessSpec,
     crop_box,

@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from edge_agent.classes import CLASSES, class_id
-from edge_agent.errors import GalaxyEdgeError
-from edge_agent.labelled_data import LabelledDataError, open_labelled
+from edge_agent.contract.classes import CLASSES, class_id
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.labelled_data import LabelledDataError, open_labelled
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "galaxy10-sample"
+SAMPLE = Path(__file__).resolve().parents[4] / "shared" / "data" / "galaxy10-sample"
 
 
 def _images(n: int, seed: int = 0, size: int = 16) -> np.ndarray:

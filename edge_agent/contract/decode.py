@@ -19,8 +19,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from edge_agent.config import ALL_FORMATS, DecodeConfig, StretchConfig
-from edge_agent.errors import GalaxyEdgeError
+from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, StretchConfig
+from edge_agent.contract.errors import GalaxyEdgeError
 
 Reason = Literal["corrupt", "truncated", "oversized", "wrong_type", "unsupported"]
 

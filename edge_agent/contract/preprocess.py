@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.errors import PreprocessError
+from edge_agent.contract.errors import PreprocessError
 
 ChannelOrder = Literal["RGB", "BGR"]
 
