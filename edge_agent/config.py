@@ -102,9 +102,26 @@ class MqttConfig(_Strict):
         return SecretStr(text.rstrip("\r\n"))
 
 
+class IndiSourceConfig(_Strict):
+    """Settings of an ``indi://`` camera source (absent: listen to exposures others take)."""
+
+    exposure_s: float | None = Field(
+        None, gt=0, le=3600, description="drive the camera: expose this long (None: only listen)"
+    )
+    interval_s: float = Field(
+        0.0, ge=0, le=86400, description="drive mode: pause between an image and the next exposure"
+    )
+    blob: str | None = Field(
+        None, description="take only this BLOB property (e.g. CCD1); default: every BLOB"
+    )
+
+
 class SourceConfig(_Strict):
     uri: str = Field(
-        description="dir:///path, v4l2:///dev/video0, csi://0, rtsp://…, file://…, mqtt://"
+        description=(
+            "dir:///path, indi://host:port/<device>, v4l2:///dev/video0, csi://0, rtsp://…, "
+            "file://…, mqtt://"
+        )
     )
     name: str | None = Field(None, description="default: derived from the URI")
     formats: list[ImageFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
@@ -112,6 +129,13 @@ class SourceConfig(_Strict):
         None, description="default: drop_oldest for live cameras, block otherwise"
     )
     queue_size: int = Field(32, ge=1, le=100_000)
+    indi: IndiSourceConfig | None = Field(None, description="indi:// sources only")
+
+    @model_validator(mode="after")
+    def _indi_settings_on_indi_only(self) -> SourceConfig:
+        if self.indi is not None and self.scheme != "indi":
+            raise ValueError("indi settings are for indi:// sources only")
+        return self
 
     @property
     def scheme(self) -> str:
@@ -144,6 +168,15 @@ class PipelineConfig(_Strict):
         False, description="ONNX Runtime workers busy-wait (faster only on otherwise idle cores)"
     )
     ready_queue: int = Field(32, ge=1, le=10_000, description="decoded frames waiting to batch")
+    poison_after_attempts: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="a watched file whose processing was interrupted this many times (the agent "
+        "died or was killed while decoding or classifying it) is quarantined as 'poison' at the "
+        "next start instead of being tried again; 1 also quarantines the files in flight during "
+        "a single unrelated crash",
+    )
 
 
 class AgentConfig(_Strict):

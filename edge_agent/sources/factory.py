@@ -9,7 +9,7 @@ from edge_agent.config import MqttConfig, SourceConfig
 from edge_agent.ledger import Ledger
 from edge_agent.sources.base import FrameHub, Source, SourceError
 
-SCHEMES = ("dir", "v4l2", "csi", "rtsp", "rtsps", "file", "mqtt", "mqtts")
+SCHEMES = ("dir", "indi", "v4l2", "csi", "rtsp", "rtsps", "file", "mqtt", "mqtts")
 
 
 def dir_path(uri: str) -> Path:
@@ -24,14 +24,20 @@ def dir_path(uri: str) -> Path:
 
 
 def create_source(
-    config: SourceConfig, hub: FrameHub, *, ledger: Ledger, mqtt: MqttConfig, device_id: str
+    config: SourceConfig,
+    hub: FrameHub,
+    *,
+    ledger: Ledger,
+    mqtt: MqttConfig,
+    device_id: str,
+    max_bytes: int = 64 * 1024 * 1024,
 ) -> Source:
     """A source for ``config.uri`` with its own queue in ``hub``; raises :class:`SourceError`."""
     scheme = config.scheme
     if scheme not in SCHEMES:
         raise SourceError(
             f"{config.uri}: unknown source scheme {scheme or '(none)'!r}; "
-            "use dir://, v4l2://, csi://, rtsp://, file:// or mqtt://"
+            "use dir://, indi://, v4l2://, csi://, rtsp://, file:// or mqtt://"
         )
     name = config.display_name
     formats = tuple(config.formats)
@@ -41,6 +47,15 @@ def create_source(
         from edge_agent.sources.directory import DirectorySource
 
         return DirectorySource(name, queue, formats, path, ledger)
+    if scheme == "indi":
+        queue = hub.queue(name, config.queue_size, config.policy)
+        from edge_agent.config import IndiSourceConfig
+        from edge_agent.sources.indi import IndiSource
+
+        return IndiSource(
+            name, queue, formats, config.uri, config.indi or IndiSourceConfig(),
+            max_bytes=max_bytes,
+        )  # fmt: skip
     if scheme in ("mqtt", "mqtts"):
         queue = hub.queue(name, config.queue_size, config.policy)
         from edge_agent.sources.mqtt_frames import MqttFrameSource
