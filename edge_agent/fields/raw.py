@@ -1,0 +1,198 @@
+"""FITS to float pixels and header, for wide fields (the contract decoder gives 8-bit RGB instead).
+
+Source extraction needs the data as measured: linear, with its header (WCS, pointing, saturation).
+Sizes are checked from the header before a byte of data is read: NAXISn against
+``decode.max_pixels``, the file's length against what NAXISn promises (else ``truncated``), so a
+20,000 x 20,000 header costs nothing. BZERO/BSCALE are applied by astropy; uint16, int16/32 and
+float32/64 data all become float32; NaNs are kept (the detector masks them).
+
+Pixels stay in FITS order (row 0 is the bottom row): the WCS and the reported pixel positions use
+that order, 0-based like astropy's ``pixel_to_world``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.contract.decode import DecodeError
+from edge_agent.contract.decode_config import DecodeConfig
+
+_FITS_MAGIC = b"SIMPLE  ="
+_BLOCK = 2880
+
+
+@dataclass
+class RawFrame:
+    """One exposure: ``data`` is bands x H x W float32 (1 or 3 bands, survey order g, r, z)."""
+
+    data: np.ndarray
+    header: Any  # astropy.io.fits.Header of the HDU (of the first file for three files)
+    saturation: list[float | None]  # per band, in the data's physical units
+    source_dtype: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bands(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.data.shape[1]), int(self.data.shape[2])
+
+
+def _integer_top(header: Any) -> float | None:
+    bitpix = int(header.get("BITPIX", -32))
+    if bitpix <= 0:
+        return None
+    bscale = float(header.get("BSCALE", 1.0))
+    bzero = float(header.get("BZERO", 0.0))
+    raw_top = 255 if bitpix == 8 else 2 ** (bitpix - 1) - 1
+    return raw_top * bscale + bzero
+
+
+def saturation_level(header: Any) -> float | None:
+    """SATURATE or DATAMAX if the header has one, else the top of an integer type, else None."""
+    for key in ("SATURATE", "DATAMAX"):
+        value = header.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            return float(value)
+    return _integer_top(header)
+
+
+def _check_header(header: Any, path: Path, file_size: int, offset: int, config: DecodeConfig) -> tuple[int, ...]:
+    naxis = int(header.get("NAXIS", 0))
+    dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
+    if naxis == 0 or any(d <= 0 for d in dims):
+        return ()
+    if naxis > 3:
+        raise DecodeError("unsupported", f"{path.name}: FITS image of {naxis} axes (need 2 or 3)")
+    pixels = dims[0] * dims[1]
+    if pixels > config.max_pixels:
+        raise DecodeError(
+            "oversized",
+            f"{path.name}: {dims[0]}x{dims[1]} pixels, above decode.max_pixels={config.max_pixels}",
+        )
+    planes = dims[2] if naxis == 3 else 1
+    if planes > 3 and config.fits.bands is None:
+        raise DecodeError(
+            "unsupported",
+            f"{path.name}: FITS cube of {planes} planes; set decode.fits.bands to 1 or 3 of them",
+        )
+    nbytes = pixels * planes * abs(int(header.get("BITPIX", 8))) // 8
+    if offset + nbytes > file_size:
+        raise DecodeError(
+            "truncated",
+            f"{path.name}: header promises {nbytes} bytes of data, the file holds "
+            f"{max(0, file_size - offset)}",
+        )
+    return tuple(reversed(dims))
+
+
+def _open_checked(path: Path, config: DecodeConfig) -> tuple[np.ndarray, Any]:
+    """The chosen image HDU's data (as stored, 2-D or 3-D) and header, sizes checked first."""
+    from astropy.io import fits  # lazy: astropy takes a second to import
+
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(len(_FITS_MAGIC))
+    if not head.startswith(_FITS_MAGIC):
+        raise DecodeError("wrong_type", f"{path.name}: not a FITS file (no SIMPLE card)")
+    if size % _BLOCK != 0:
+        raise DecodeError("truncated", f"{path.name}: {size} bytes, not a multiple of 2880")
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdus:
+            chosen = None
+            index = 0
+            while True:
+                try:
+                    hdu = hdus[index]
+                except IndexError:
+                    break
+                if config.fits.hdu is not None and index != config.fits.hdu:
+                    index += 1
+                    continue
+                header = hdu.header
+                offset = int(hdus.fileinfo(index)["datLoc"])
+                dims = _check_header(header, path, size, offset, config)
+                if dims and getattr(hdu, "is_image", True):
+                    chosen = (hdu, header)
+                    break
+                if config.fits.hdu is not None:
+                    break
+                index += 1
+            if chosen is None:
+                raise DecodeError("unsupported", f"{path.name}: FITS without an image HDU")
+            hdu, header = chosen
+            data = np.array(hdu.data, dtype=np.float32)  # applies BZERO/BSCALE; copies out of the map
+            header = header.copy()
+    except DecodeError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise DecodeError(
+            "corrupt", f"{path.name}: FITS unreadable ({type(exc).__name__}: {exc})"
+        ) from exc
+    return data, header
+
+
+def _select_planes(data: np.ndarray, config: DecodeConfig, band_order: str, name: str) -> np.ndarray:
+    if data.ndim == 2:
+        return data[None]
+    planes = data.shape[0]
+    if config.fits.bands is not None:
+        if max(config.fits.bands) >= planes:
+            raise DecodeError(
+                "unsupported", f"{name}: decode.fits.bands outside the cube's {planes} planes"
+            )
+        data = data[config.fits.bands]
+    elif planes not in (1, 3):
+        raise DecodeError("unsupported", f"{name}: FITS cube of {planes} planes (need 1 or 3)")
+    if data.shape[0] == 3 and band_order == "zrg":
+        data = data[::-1]
+    return data
+
+
+def read_fits(path: Path, config: DecodeConfig, band_order: str = "grz") -> RawFrame:
+    """One FITS file (one band, or one HDU of three planes) as a :class:`RawFrame`."""
+    data, header = _open_checked(path, config)
+    data = _select_planes(data, config, band_order, Path(path).name)
+    sat = saturation_level(header)
+    return RawFrame(
+        data=np.ascontiguousarray(data, dtype=np.float32),
+        header=header,
+        saturation=[sat] * data.shape[0],
+        source_dtype=f"BITPIX={header.get('BITPIX')}",
+    )
+
+
+def read_fits_bands(paths: Sequence[Path], config: DecodeConfig) -> RawFrame:
+    """Three single-band files of one exposure, in g, r, z order; the header is the first's."""
+    if len(paths) != 3:
+        raise DecodeError("unsupported", f"three band files needed (g, r, z), got {len(paths)}")
+    planes, headers = [], []
+    for path in paths:
+        data, header = _open_checked(path, config)
+        if data.ndim != 2:
+            raise DecodeError(
+                "unsupported", f"{Path(path).name}: a band file must hold one 2-D image"
+            )
+        if planes and data.shape != planes[0].shape:
+            raise DecodeError(
+                "unsupported",
+                f"{Path(path).name}: {data.shape} pixels, the first band has {planes[0].shape}",
+            )
+        planes.append(data)
+        headers.append(header)
+    cube = np.stack(planes)
+    return RawFrame(
+        data=cube,
+        header=headers[0],
+        saturation=[saturation_level(h) for h in headers],
+        source_dtype=",".join(f"BITPIX={h.get('BITPIX')}" for h in headers),
+    )
