@@ -210,15 +210,15 @@ class Agent:
 
     def stats_body(self) -> dict[str, Any]:
         s = self.stats.snapshot()
+        interval = self.stats.take_interval()  # rates and percentiles since the last report
         return payloads.stats_payload(
+            device_id=self.config.device_id,
             at=time.time(),
             uptime_s=s.uptime_s,
-            frames_in=s.frames_in,
-            frames_out=s.frames_out,
-            errors=s.errors,
-            fps_in=s.fps_in,
-            fps_out=s.fps_out,
-            latency_ms=s.latency_ms,
+            interval_s=interval.seconds,
+            frames=(s.frames_in, s.frames_out, s.errors),
+            interval_frames=(interval.frames_in, interval.frames_out, interval.errors),
+            latency_ms=interval.latency_ms,
             queue_depth=self.hub.depth() + len(self.pipeline.batcher),
             frames_dropped=self.hub.dropped(),
             outbox_depth=self.outbox.depth(),

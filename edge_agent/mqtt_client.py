@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent import __version__
+from edge_agent.availability import AvailabilityLink
 from edge_agent.config import MqttConfig
 from edge_agent.mqtt_connection import MqttError, new_client
 from edge_agent.outbox import Outbox, OutboxError
@@ -104,6 +105,13 @@ class MqttPublisher:
         self._counts = {"published": 0, "acked": 0, "resent": 0, "rejected": 0, "connects": 0}
 
         self._client = self._make_client(password)
+        # The plain online/offline twin of ``status``, on its own connection (one will each).
+        self.availability = AvailabilityLink(
+            config,
+            device_id,
+            client_id=config.client_id or f"galaxy-edge-{device_id}",
+            password=password,
+        )
 
     # ------------------------------------------------------------------ set-up
     def _make_client(self, password: str | None) -> mqtt.Client:
@@ -129,7 +137,13 @@ class MqttPublisher:
     def _status_bytes(self, state: str) -> bytes:
         at = time.time() if state == "online" else None
         return to_bytes(
-            status_payload(state, self._model_info, self.agent_version, self.device_id, at)
+            status_payload(
+                state=state,
+                device_id=self.device_id,
+                agent_version=self.agent_version,
+                model=self._model_info,
+                at=at,
+            )
         )
 
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
@@ -208,6 +222,7 @@ class MqttPublisher:
         self._client.loop_start()
         self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
         self._pump.start()
+        self.availability.start()
 
     @property
     def connected(self) -> bool:
@@ -294,6 +309,7 @@ class MqttPublisher:
         stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
         stopper.start()
         stopper.join(max(0.1, deadline - time.monotonic()))
+        self.availability.stop(max(0.1, deadline - time.monotonic()))
         self._session_ready = False
         # PUBACKs that arrived after the pump stopped still count (and nothing else may
         # revive the session).

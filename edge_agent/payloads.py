@@ -1,8 +1,11 @@
-"""The MQTT contract: topic names and the JSON bodies published on them (docs/mqtt.md).
+"""The MQTT contract: topic names and the payloads published on them (docs/mqtt.md).
 
 Pure functions, no I/O, so the exact bytes a consumer receives can be tested without a broker.
-Other people's software parses these payloads: add fields freely, but renaming or removing
-one, or changing its meaning, needs a ``SCHEMA_VERSION`` bump and a note in docs/mqtt.md.
+Other people's software parses these payloads, and every one has a JSON Schema in
+``edge_agent/schemas`` that the tests check real payloads against: add fields freely (with a
+schema entry), but renaming or removing one, or changing its meaning or type, needs a
+``SCHEMA_VERSION`` bump, the schemas' ``schema_version`` const, and a note in docs/mqtt.md.
+Every builder takes keyword arguments only.
 """
 
 from __future__ import annotations
@@ -11,16 +14,41 @@ import hashlib
 import json
 import math
 import operator
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from edge_agent.contract.classes import CLASS_NAMES, NUM_CLASSES, class_name
+from edge_agent.contract.decode import Reason as DecodeReason
 from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.results import Classification
 
-SCHEMA_VERSION = 1
-TOPIC_NAMES = ("status", "classifications", "errors", "stats", "frames")
+#: Version 2 (2026-12-01): probabilities as a list in class-id order; device_id in every
+#: payload and in the ids; stats rates and percentiles per interval; the plain ``available``
+#: topic. See docs/mqtt.md, "Versioning".
+SCHEMA_VERSION = 2
+
+#: payload kind (its ``type`` field; its schema in edge_agent/schemas) -> topic name
+PAYLOAD_TOPICS: dict[str, str] = {
+    "status": "status",
+    "availability": "available",
+    "classification": "classifications",
+    "error": "errors",
+    "stats": "stats",
+}
+#: every topic under ``<prefix>/<device_id>/``; ``frames`` is an input (encoded images)
+TOPIC_NAMES = (*PAYLOAD_TOPICS.values(), "frames")
 STATUS_STATES = ("online", "offline")
+
+#: Why an input was rejected: the ``reason`` of an ``errors`` payload. The ONE list of them:
+#: the error schema's enum and docs/mqtt.md are checked against it; add a new reason here.
+#: The decoder's own (``corrupt``, ``truncated``, ``oversized``, ``wrong_type``,
+#: ``unsupported``), then the sources' and the pipeline's.
+ErrorReason = Literal[DecodeReason, "not_regular_file", "poison", "decode_failed"]
+ERROR_REASONS: tuple[str, ...] = typing.get_args(ErrorReason)
+
 # Six decimals keep payloads short and are far below any model's calibration error.
 _PROB_DECIMALS = 6
 _MS_DECIMALS = 3
@@ -30,6 +58,18 @@ Timestamp = datetime | float  # aware datetime, or Unix seconds
 
 class PayloadError(GalaxyEdgeError):
     """A value that cannot go into a published payload or topic."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model produced a result: what a classification carries in ``model``."""
+
+    name: str
+    sha256: str
+    precision: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "sha256": self.sha256, "precision": self.precision}
 
 
 def topic(prefix: str, device_id: str, name: str) -> str:
@@ -52,9 +92,18 @@ def stable_id(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def classification_id(source: str, frame_ref: str, model_sha256: str) -> str:
-    """Same image, same model: same id, so a replayed or re-classified result deduplicates."""
-    return stable_id(source, frame_ref, model_sha256)
+def classification_id(device_id: str, source: str, frame_ref: str, model_sha256: str) -> str:
+    """Same device, image and model: same id, so a replayed result deduplicates.
+
+    The device is part of it so that an id is unique across a fleet on its own: two devices
+    receiving the same frame bytes over MQTT give the same ``frame_ref``.
+    """
+    return stable_id(device_id, source, frame_ref, model_sha256)
+
+
+def error_id(device_id: str, source: str, frame_ref: str, reason: str) -> str:
+    """Same device, input and reason: same id."""
+    return stable_id(device_id, source, frame_ref, "error", reason)
 
 
 def iso_utc(ts: Timestamp) -> str:
@@ -80,14 +129,14 @@ def _class_id(value: object) -> int:
     return cid
 
 
-def _probabilities(probabilities: Sequence[float] | Any) -> list[float]:
+def _probabilities(probabilities: Any) -> list[float]:
     values = [float(p) for p in probabilities]
     if len(values) != NUM_CLASSES:
         raise PayloadError(f"expected {NUM_CLASSES} class probabilities, got {len(values)}")
     for name, p in zip(CLASS_NAMES, values, strict=True):
         if not math.isfinite(p) or p < 0.0 or p > 1.0 + 1e-6:
             raise PayloadError(f"probability of {name!r} is {p}, outside [0, 1]")
-    return values
+    return [min(round(p, _PROB_DECIMALS), 1.0) for p in values]
 
 
 def _ms(latency_ms: Mapping[str, float]) -> dict[str, float]:
@@ -100,96 +149,106 @@ def _ms(latency_ms: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def _device(device_id: str) -> str:
+    if not device_id or any(c in device_id for c in "/#+\0"):
+        raise PayloadError(f"device_id {device_id!r} must be non-empty, without / + # or NUL")
+    return device_id
+
+
 def classification_payload(
+    *,
+    device_id: str,
     source: str,
     frame_ref: str,
     received_at: Timestamp,
     classified_at: Timestamp,
-    class_id: int,
-    probabilities: Sequence[float] | Any,
-    model_name: str,
-    model_sha256: str,
-    precision: str,
+    result: Classification,
+    model: ModelRef,
     latency_ms: Mapping[str, float],
-    uncertain: bool,
-    top_k: int = 3,
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One classified image or cut-out, for the ``classifications`` topic.
 
-    ``probabilities`` are the softmax outputs in official class-id order (10 values);
-    ``class_id`` is the reported class (normally their argmax); ``top_k`` how many of the
-    most probable classes to list. ``frame_ref`` names the frame within ``source`` (a file
-    name, a frame counter, a receiver's frame id).
+    ``result`` holds the softmax outputs in official class-id order, the reported class and
+    the ranked ``top_k`` (:func:`edge_agent.results.classify`); ``frame_ref`` names the frame
+    within ``source`` (see docs/mqtt.md); ``metadata`` is what a receiver sent with the frame.
     """
-    cid = _class_id(class_id)
-    probs = _probabilities(probabilities)
-    if not 1 <= top_k <= NUM_CLASSES:
-        raise PayloadError(f"top_k must be within 1..{NUM_CLASSES}, got {top_k}")
-    ranked = sorted(range(NUM_CLASSES), key=lambda i: (-probs[i], i))[:top_k]
-    return {
+    cid = _class_id(result.class_id)
+    probs = _probabilities(result.probabilities)
+    ranked = [_class_id(entry[0]) for entry in result.top_k]
+    if not 1 <= len(ranked) <= NUM_CLASSES:
+        raise PayloadError(f"top_k must list 1..{NUM_CLASSES} classes, got {len(ranked)}")
+    payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "type": "classification",
-        "id": classification_id(source, frame_ref, model_sha256),
+        "device_id": _device(device_id),
+        "id": classification_id(device_id, source, frame_ref, model.sha256),
         "source": source,
         "frame_ref": frame_ref,
         "received_at": iso_utc(received_at),
         "classified_at": iso_utc(classified_at),
         "label": CLASS_NAMES[cid],
         "class_id": cid,
-        "confidence": round(probs[cid], _PROB_DECIMALS),
-        "probabilities": {
-            name: round(p, _PROB_DECIMALS) for name, p in zip(CLASS_NAMES, probs, strict=True)
-        },
+        "confidence": probs[cid],
+        "probabilities": probs,
         "top_k": [
-            {"label": CLASS_NAMES[i], "class_id": i, "probability": round(probs[i], _PROB_DECIMALS)}
-            for i in ranked
+            {"class_id": i, "label": CLASS_NAMES[i], "probability": probs[i]} for i in ranked
         ],
-        "uncertain": bool(uncertain),
-        "model": {"name": model_name, "sha256": model_sha256, "precision": precision},
+        "uncertain": bool(result.uncertain),
+        "model": model.as_json(),
         "latency_ms": _ms(latency_ms),
     }
+    if metadata:
+        payload["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+    return payload
 
 
 def error_payload(
+    *,
+    device_id: str,
     source: str,
     frame_ref: str,
     reason: str,
     detail: str,
     quarantined_to: str | None,
-    at: Timestamp | None = None,
+    at: Timestamp,
 ) -> dict[str, Any]:
     """One rejected input, for the ``errors`` topic.
 
-    ``reason`` is a short machine-readable word (``corrupt``, ``truncated``, ``oversized``,
-    ``unsupported``, ...); ``detail`` the human-readable one-liner; ``quarantined_to`` where the
-    file was moved, or None when there is no file (a camera frame, an MQTT frame).
+    ``reason`` is one of :data:`ERROR_REASONS`; ``detail`` the human-readable one-liner;
+    ``quarantined_to`` where the input was moved, or None when it could not be quarantined.
     """
-    if not reason:
-        raise PayloadError("an error payload needs a non-empty reason")
-    payload: dict[str, Any] = {
+    if reason not in ERROR_REASONS:
+        raise PayloadError(
+            f"error reason {reason!r} is not one of {', '.join(ERROR_REASONS)}; "
+            "add it to edge_agent.payloads.ErrorReason, the error schema and docs/mqtt.md"
+        )
+    return {
         "schema_version": SCHEMA_VERSION,
         "type": "error",
-        "id": stable_id(source, frame_ref, "error", reason),
+        "device_id": _device(device_id),
+        "id": error_id(device_id, source, frame_ref, reason),
         "source": source,
         "frame_ref": frame_ref,
         "reason": reason,
         "detail": detail,
         "quarantined_to": quarantined_to,
+        "at": iso_utc(at),
     }
-    if at is not None:
-        payload["at"] = iso_utc(at)
-    return payload
+
+
+def _counts(frames_in: int, frames_out: int, errors: int) -> dict[str, int]:
+    return {"in": int(frames_in), "out": int(frames_out), "errors": int(errors)}
 
 
 def stats_payload(
     *,
+    device_id: str,
     at: Timestamp,
     uptime_s: float,
-    frames_in: int,
-    frames_out: int,
-    errors: int,
-    fps_in: float,
-    fps_out: float,
+    interval_s: float,
+    frames: tuple[int, int, int],
+    interval_frames: tuple[int, int, int],
     latency_ms: Mapping[str, Mapping[str, float]],
     queue_depth: int,
     frames_dropped: Mapping[str, int],
@@ -200,18 +259,29 @@ def stats_payload(
 ) -> dict[str, Any]:
     """Periodic health report for the ``stats`` topic (QoS 0: the next one replaces it).
 
-    Counters are totals since the agent started (``outbox_dropped`` since the outbox file was
-    created); ``latency_ms`` maps a stage to percentiles, e.g. ``{"infer": {"p50": 3.1,
-    "p99": 9.0}}``; ``frames_dropped`` counts frames a live source dropped, by source;
-    ``mqtt`` holds the publisher's counters (published, acked, resent, rejected).
+    ``frames`` and ``interval_frames`` are (in, out, errors): totals since the agent started,
+    and counts within the ``interval_s`` seconds since the previous report. The rates are
+    ``interval_frames / interval_s``; ``latency_ms`` maps a stage to percentiles over the
+    interval's frames, e.g. ``{"infer": {"p50": 3.1, "p99": 9.0, "max": 9.4}}``.
+    ``frames_dropped`` counts frames a live source dropped, by source, since start;
+    ``outbox_dropped`` what the outbox limits dropped since the outbox file was created;
+    ``mqtt`` the publisher's counters since start.
     """
+    seconds = float(interval_s)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PayloadError(f"interval_s is {interval_s}, not a duration")
+    n_in, n_out, _ = interval_frames
+    per_s = 1.0 / seconds if seconds > 0 else 0.0
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "stats",
+        "device_id": _device(device_id),
         "at": iso_utc(at),
         "uptime_s": round(float(uptime_s), 3),
-        "frames": {"in": int(frames_in), "out": int(frames_out), "errors": int(errors)},
-        "rates": {"fps_in": round(float(fps_in), 3), "fps_out": round(float(fps_out), 3)},
+        "interval_s": round(seconds, 3),
+        "frames": _counts(*frames),
+        "interval_frames": _counts(*interval_frames),
+        "rates": {"fps_in": round(n_in * per_s, 3), "fps_out": round(n_out * per_s, 3)},
         "latency_ms": {str(stage): _ms(pcts) for stage, pcts in latency_ms.items()},
         "queue_depth": int(queue_depth),
         "frames_dropped": {str(k): int(v) for k, v in frames_dropped.items()},
@@ -225,32 +295,43 @@ def stats_payload(
 
 
 def status_payload(
+    *,
     state: str,
-    model: Mapping[str, Any] | None,
+    device_id: str,
     agent_version: str,
-    device_id: str | None = None,
+    model: Mapping[str, Any] | None,
     at: Timestamp | None = None,
 ) -> dict[str, Any]:
     """Retained ``status``: ``online`` (birth, after each connect) or ``offline`` (will, stop).
 
-    ``model`` is the loaded bundle's identity (name, sha256, precision, backend, ...), or None
-    before a bundle is loaded. ``at`` is omitted from the last will: the broker sends it later
-    than it was written, so a timestamp there would lie.
+    ``model`` is the loaded bundle's identity (name, sha256, precision, backend, input_size),
+    or None before a bundle is loaded; ``classes`` names the classes by id, so a consumer can
+    read ``probabilities`` without a built-in class list. ``at`` goes with ``online`` only: the
+    broker sends a will later than it was written, so a timestamp there would lie.
     """
     if state not in STATUS_STATES:
         raise PayloadError(f"status state must be one of {STATUS_STATES}, got {state!r}")
+    if (state == "online") != (at is not None):
+        raise PayloadError("an online status needs its time 'at'; an offline one has none")
     payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "type": "status",
+        "device_id": _device(device_id),
         "state": state,
         "agent_version": agent_version,
         "model": dict(model) if model is not None else None,
+        "classes": list(CLASS_NAMES),
     }
-    if device_id is not None:
-        payload["device_id"] = device_id
     if at is not None:
         payload["at"] = iso_utc(at)
     return payload
+
+
+def availability_payload(state: str) -> bytes:
+    """The plain ``online`` / ``offline`` of the ``available`` topic: UTF-8 text, not JSON."""
+    if state not in STATUS_STATES:
+        raise PayloadError(f"availability must be one of {STATUS_STATES}, got {state!r}")
+    return state.encode("utf-8")
 
 
 def to_bytes(payload: Mapping[str, Any]) -> bytes:

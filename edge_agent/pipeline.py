@@ -98,6 +98,8 @@ class Pipeline:
         self.model_name = manifest.model.name
         self.model_sha = manifest.files.get(manifest.model_file, manifest.source_onnx_sha256)
         self.precision = manifest.precision
+        self.model_ref = payloads.ModelRef(self.model_name, self.model_sha, self.precision)
+        self.device_id = config.device_id
         prefix, device = config.mqtt.topic_prefix, config.device_id
         self.topic_results = payloads.topic(prefix, device, "classifications")
         self.topic_errors = payloads.topic(prefix, device, "errors")
@@ -243,7 +245,13 @@ class Pipeline:
             where or "not quarantined",
         )
         body = payloads.error_payload(
-            frame.source, frame.frame_ref, reason, detail, where, at=time.time()
+            device_id=self.device_id,
+            source=frame.source,
+            frame_ref=frame.frame_ref,
+            reason=reason,
+            detail=detail,
+            quarantined_to=where,
+            at=time.time(),
         )
         self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
         self.on_stored()
@@ -297,21 +305,16 @@ class Pipeline:
             lat = {k: max(0.0, v) for k, v in lat.items()}
             latencies.append(lat)
             body = payloads.classification_payload(
-                f.source,
-                f.frame_ref,
-                f.received,
-                now,
-                res.class_id,
-                res.probabilities,
-                self.model_name,
-                self.model_sha,
-                self.precision,
-                lat,
-                res.uncertain,
-                self.pcfg.top_k,
+                device_id=self.device_id,
+                source=f.source,
+                frame_ref=f.frame_ref,
+                received_at=f.received,
+                classified_at=now,
+                result=res,
+                model=self.model_ref,
+                latency_ms=lat,
+                metadata=f.metadata,
             )
-            if f.metadata:
-                body["metadata"] = dict(f.metadata)
             messages.append(
                 PendingMessage(self.topic_results, payloads.to_bytes(body), self.qos, body["id"])
             )
