@@ -163,7 +163,7 @@ def test_bad_results_are_refused() -> None:
     nine = Classification(2, "Round Smooth", 0.6, PROBS[:9], good.top_k, False)
     with pytest.raises(PayloadError, match="expected 10"):
         _classification(result=nine)
-    nan = Classification(2, "Round Smooth", 0.6, (float("nan"),) + PROBS[1:], good.top_k, False)
+    nan = Classification(2, "Round Smooth", 0.6, (float("nan"), *PROBS[1:]), good.top_k, False)
     with pytest.raises(PayloadError, match="Disturbed"):
         _classification(result=nan)
     with pytest.raises(PayloadError, match="not an integer"):
