@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from edge_agent.contract.manifest import Manifest, load_bundle
 from edge_agent.ledger import Ledger
 from edge_agent.mqtt_client import MqttPublisher
 from edge_agent.outbox import Outbox
-from edge_agent.pipeline import Pipeline, uses_gpu_preprocessing
+from edge_agent.pipeline import Pipeline, PreprocessDevice, resolve_preprocess_device
 from edge_agent.quarantine import Quarantine
 from edge_agent.sources.base import FrameHub, Source
 from edge_agent.sources.factory import create_source
@@ -56,13 +57,17 @@ def load_backend(config: AgentConfig) -> tuple[Manifest, Backend]:
     return manifest, backend
 
 
-def model_info(manifest: Manifest, backend: Backend) -> dict[str, Any]:
+def model_info(
+    manifest: Manifest, backend: Backend, preprocess_device: PreprocessDevice
+) -> dict[str, Any]:
+    """The loaded model for the ``status`` birth, with where frames are really preprocessed."""
     return {
         "name": manifest.model.name,
         "sha256": manifest.files.get(manifest.model_file, manifest.source_onnx_sha256),
         "precision": manifest.precision,
         "backend": backend.name,
         "input_size": manifest.preprocess.input_size,
+        "preprocess_device": preprocess_device,
     }
 
 
@@ -80,6 +85,7 @@ class Agent:
         self._last_status = 0.0
         self.ready_after_s: float | None = None
         self._t0 = time.monotonic()
+        self._undo: list[Callable[[], object]] = []  # releases what start() took, newest last
 
     # --- start -----------------------------------------------------------------------------
 
@@ -92,26 +98,26 @@ class Agent:
             raise
 
     def _abort(self) -> None:
-        """Release what a failed start took (the outbox's file lock above all)."""
+        """Release what a failed start took, newest first (the outbox's file lock above all)."""
         for _, source in self.sources.values():
             source.stop(timeout=1.0)
-        if hasattr(self, "pipeline"):
-            self.pipeline.stop_prepare.set()
-            self.pipeline.stop_infer.set()
-            self.pipeline.batcher.close()
-        if hasattr(self, "publisher"):
-            self.publisher.stop(timeout=1.0)
-        for name in ("outbox", "ledger", "backend"):
-            if hasattr(self, name):
-                getattr(self, name).close()
+        while self._undo:
+            release = self._undo.pop()
+            try:
+                release()
+            except Exception:  # the start's own error is the one to report
+                log.exception("releasing after a failed start")
 
     def _start(self) -> None:
         cfg = self.config
         self.manifest, self.backend = load_backend(cfg)
+        self._undo.append(self.backend.close)
         self.outbox = Outbox(
             cfg.mqtt.outbox.path, cfg.mqtt.outbox.max_bytes, cfg.mqtt.outbox.max_age_s
         )
+        self._undo.append(self.outbox.close)
         self.ledger = Ledger(cfg.state_dir / "ledger.sqlite3")
+        self._undo.append(self.ledger.close)
         self.ledger.forget_gone()
         self.quarantine = Quarantine(cfg.quarantine_dir)
         self.pipeline = Pipeline(
@@ -123,10 +129,11 @@ class Agent:
             self.stats,
             heartbeat=self._heartbeat,
             on_stored=lambda: self.publisher.kick(),
+            heartbeat_every_s=0.5 if self._wd_interval is None else min(0.5, self._wd_interval / 2),
         )
-        if self._wd_interval is not None:
-            self.pipeline.idle_timeout_s = min(0.5, self._wd_interval / 2)
+        self._undo.append(lambda: self.pipeline.stop(time.monotonic() + 1.0, drain=False))
         self.publisher = self._make_publisher(cfg)
+        self._undo.append(lambda: self.publisher.stop(timeout=1.0))
         for sc in cfg.sources:
             self.sources[sc.display_name] = (
                 sc,
@@ -155,7 +162,7 @@ class Agent:
             cfg.mqtt,
             self.outbox,
             cfg.device_id,
-            model_info(self.manifest, self.backend),
+            model_info(self.manifest, self.backend, self.pipeline.preprocess_device),
             password=secret.get_secret_value() if secret is not None else None,
         )
 
@@ -219,7 +226,7 @@ class Agent:
             frames=(s.frames_in, s.frames_out, s.errors),
             interval_frames=(interval.frames_in, interval.frames_out, interval.errors),
             latency_ms=interval.latency_ms,
-            queue_depth=self.hub.depth() + len(self.pipeline.batcher),
+            queue_depth=self.hub.depth() + self.pipeline.depth(),
             frames_dropped=self.hub.dropped(),
             outbox_depth=self.outbox.depth(),
             outbox_bytes=self.outbox.bytes(),
@@ -258,7 +265,9 @@ class Agent:
                 raise AgentError(f"reload: {', '.join(fixed)} changed; restart the agent for that")
             manifest, backend = load_backend(new)
             try:
-                uses_gpu_preprocessing(backend, new.pipeline.preprocess_device)
+                preprocess_device = resolve_preprocess_device(
+                    backend, new.pipeline.preprocess_device
+                )
             except GalaxyEdgeError:
                 backend.close()
                 raise
@@ -279,7 +288,7 @@ class Agent:
             self.publisher = self._make_publisher(new)
             self.publisher.start()
         else:
-            self.publisher.update_model_info(model_info(manifest, backend))
+            self.publisher.update_model_info(model_info(manifest, backend, preprocess_device))
         log.info("reloaded %s: %s", self.config_path, manifest.model.name)
         sd_notify.ready(self.status_line())
         return True
@@ -309,17 +318,7 @@ class Agent:
         )
         for _, source in self.sources.values():
             source.pause()
-        while (
-            self.pipeline.alive()
-            and not self.pipeline.idle()
-            and time.monotonic() < deadline - 0.2 * budget
-        ):
-            time.sleep(0.05)
-        frames_drained = self.pipeline.idle()
-        self.pipeline.stop_prepare.set()
-        self.pipeline.batcher.close()
-        self.pipeline.stop_infer.set()
-        self.pipeline.join(max(0.5, deadline - time.monotonic() - 0.1 * budget))
+        frames_drained = self.pipeline.stop(deadline - 0.1 * budget)
         flushed = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
         for _, source in self.sources.values():
             source.stop(timeout=1.0)

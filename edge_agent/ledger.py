@@ -4,6 +4,10 @@ A file is keyed by (path, size, mtime): a file replaced in place under the same 
 input. ``seen`` is recorded when a file is picked up and ``done`` only after its result (or its
 ``errors`` message) is in the durable outbox, so a crash between the two replays the file on the
 next start: at-least-once, with the stable classification id letting consumers deduplicate.
+Each time the pipeline begins to decode a file its ``attempts`` count goes up (before the first
+byte is read), so a file that keeps killing the agent is recognised at the next start: attempts
+that never reached ``done`` were interrupted. ``rejected`` is the end state of a file that was
+rejected but could not be quarantined (left in place, not retried until it changes).
 SQLite in WAL mode, one connection shared by the threads behind a lock.
 """
 
@@ -32,7 +36,8 @@ class FileKey:
 
     @classmethod
     def of(cls, path: Path) -> FileKey:
-        st = Path(path).stat()
+        """The key of the directory entry itself (``lstat``: a link is not followed)."""
+        st = os.lstat(path)
         return cls(str(path), st.st_size, st.st_mtime_ns)
 
 
@@ -41,12 +46,36 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('seen', 'done')),
+    state TEXT NOT NULL CHECK (state IN ('seen', 'done', 'rejected')),
     seen_at REAL NOT NULL,
     done_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (path, size, mtime_ns)
 )
 """
+SCHEMA_VERSION = 1
+# Version 0 (before attempts were counted) had no attempts column and no 'rejected' state: the
+# table is rebuilt once, keeping its rows.
+_MIGRATE_0_TO_1 = (
+    "ALTER TABLE files RENAME TO files_v0",
+    _SCHEMA,
+    "INSERT INTO files (path, size, mtime_ns, state, seen_at, done_at) "
+    "SELECT path, size, mtime_ns, state, seen_at, done_at FROM files_v0",
+    "DROP TABLE files_v0",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the ledger knows of one file: its state and how often its processing began."""
+
+    state: str
+    attempts: int
+
+    @property
+    def interrupted(self) -> int:
+        """Attempts that never finished: the agent died while processing the file."""
+        return self.attempts if self.state == "seen" else 0
 
 
 class Ledger:
@@ -61,21 +90,70 @@ class Ledger:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
                 f"{self.path}: cannot open the ledger ({exc}); check state_dir"
             ) from exc
         self._lock = threading.Lock()
 
-    def state(self, key: FileKey) -> str | None:
-        """``'seen'``, ``'done'`` or ``None`` (never seen)."""
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='files'"
+        ).fetchone()
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema {version} is newer than this agent's "
+                f"{SCHEMA_VERSION}; upgrade the agent or move the ledger away"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if exists:
+                for statement in _MIGRATE_0_TO_1:
+                    self._db.execute(statement)
+            else:
+                self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def entry(self, key: FileKey) -> Entry | None:
+        """The file's state and attempts, or ``None`` when it was never seen."""
         with self._lock:
             row = self._db.execute(
-                "SELECT state FROM files WHERE path=? AND size=? AND mtime_ns=?",
+                "SELECT state, attempts FROM files WHERE path=? AND size=? AND mtime_ns=?",
                 (key.path, key.size, key.mtime_ns),
             ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else Entry(str(row[0]), int(row[1]))
+
+    def state(self, key: FileKey) -> str | None:
+        """``'seen'``, ``'done'``, ``'rejected'`` or ``None`` (never seen)."""
+        entry = self.entry(key)
+        return None if entry is None else entry.state
+
+    def begin_attempt(self, key: FileKey) -> None:
+        """Count one more attempt at processing ``key`` (committed before it is read)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE files SET attempts = attempts + 1 "
+                "WHERE path=? AND size=? AND mtime_ns=? AND state='seen'",
+                (key.path, key.size, key.mtime_ns),
+            )
+
+    def mark_rejected(self, key: FileKey) -> None:
+        """A rejected file that could not be quarantined: not retried until it changes."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO files (done_at, path, size, mtime_ns, state, seen_at) "
+                "VALUES (?1, ?2, ?3, ?4, 'rejected', ?1) ON CONFLICT (path, size, mtime_ns) "
+                "DO UPDATE SET state='rejected', done_at=excluded.done_at",
+                (time.time(), key.path, key.size, key.mtime_ns),
+            )
 
     def mark_seen(self, key: FileKey) -> None:
         """Record a picked-up file (no change when it is already recorded)."""
@@ -114,7 +192,7 @@ class Ledger:
         return [FileKey(str(p), int(s), int(m)) for p, s, m in rows]
 
     def forget_gone(self, older_than_s: float = 86400.0) -> int:
-        """Delete done rows whose file is gone (or replaced), so the ledger does not grow for ever.
+        """Delete done (or rejected) rows whose file is gone or replaced: a ledger that stays small.
 
         A done file still in the folder keeps its row: forgetting it would classify it again
         at the next start. Returns how many rows were deleted.
@@ -122,7 +200,8 @@ class Ledger:
         cutoff = time.time() - older_than_s
         with self._lock:
             rows = self._db.execute(
-                "SELECT path, size, mtime_ns FROM files WHERE state='done' AND done_at < ?",
+                "SELECT path, size, mtime_ns FROM files "
+                "WHERE state IN ('done', 'rejected') AND done_at < ?",
                 (cutoff,),
             ).fetchall()
         gone = []

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -23,16 +24,21 @@ from edge_agent import payloads
 from edge_agent.backends.base import Backend, BackendError
 from edge_agent.batcher import Batcher
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.contract.decode import DecodeError, decode_bytes, decode_file
+from edge_agent.contract.decode import DecodeError, decode_bytes
 from edge_agent.contract.errors import PreprocessError
 from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
 from edge_agent.outbox import Outbox, PendingMessage
 from edge_agent.quarantine import Quarantine, QuarantineError
 from edge_agent.results import classify
 from edge_agent.sources.base import Frame, FrameHub
+from edge_agent.sources.file_input import NotRegularFileError, read_regular_file
 from edge_agent.stats import Stats
 
 log = logging.getLogger(__name__)
+# Rejection reasons of the pipeline itself (the decoder's are in edge_agent.contract.decode).
+PreprocessDevice = Literal["cpu", "cuda"]
+POISON = "poison"  # the agent died while processing this input, poison_after_attempts times
+DECODE_FAILED = "decode_failed"  # decoding raised something unforeseen (a decoder bug)
 
 
 @dataclass
@@ -48,18 +54,31 @@ class Prepared:
     ready_mono: float = field(default_factory=time.perf_counter)
 
 
-def uses_gpu_preprocessing(backend: Backend, device: str) -> bool:
-    """Whether frames go to the backend undecoded-to-tensor (its own CUDA preprocessing)."""
-    overrides = type(backend).infer_frames is not Backend.infer_frames
-    if device == "cuda" and not overrides:
+def resolve_preprocess_device(backend: Backend, setting: str) -> PreprocessDevice:
+    """Where frames are preprocessed, from what the backend declares and the config asks.
+
+    ``auto`` follows the backend's :attr:`~Backend.preprocesses_on_device`; ``cuda`` demands it
+    (a TensorRT bundle built without kernels has none: an error, not a silent CPU fallback);
+    ``cpu`` always uses the CPU reference.
+    """
+    on_device = backend.preprocesses_on_device
+    if setting == "cuda" and not on_device:
         raise BackendError(
             f"pipeline.preprocess_device is cuda but the {backend.name} backend has no GPU "
-            "preprocessing; use a TensorRT bundle or set preprocess_device: auto"
+            "preprocessing (an ONNX Runtime bundle, or a TensorRT bundle built without CUDA "
+            "kernels); use a TensorRT bundle with kernels or set preprocess_device: auto"
         )
-    return overrides and device != "cpu"
+    return "cuda" if on_device and setting != "cpu" else "cpu"
 
 
 class Pipeline:
+    """The prepare and infer threads, owned here: :meth:`start`, then :meth:`stop` once.
+
+    ``heartbeat`` is called by the infer loop at least every ``heartbeat_every_s`` seconds, also
+    when idle (the agent pings systemd's watchdog from it); ``on_stored`` after results or
+    ``errors`` messages reached the outbox (it wakes the publisher).
+    """
+
     def __init__(
         self,
         config: AgentConfig,
@@ -70,6 +89,7 @@ class Pipeline:
         stats: Stats,
         heartbeat: Callable[[], None] = lambda: None,
         on_stored: Callable[[], None] = lambda: None,
+        heartbeat_every_s: float = 0.5,
     ) -> None:
         self.hub = hub
         self.outbox = outbox
@@ -81,17 +101,20 @@ class Pipeline:
         self._lock = threading.Lock()
         self._pending_swap: tuple[AgentConfig, Backend] | None = None
         self._apply(config, backend)
-        self.stop_prepare = threading.Event()
-        self.stop_infer = threading.Event()
-        self.failure: BaseException | None = None
+        self._stop_prepare = threading.Event()
+        self._stop_infer = threading.Event()
+        self._failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
-        self.idle_timeout_s = 0.5
+        self._started = False
+        self._heartbeat_every_s = heartbeat_every_s
+        self._unexpected_seen: set[tuple[str, str, int]] = set()
 
     def _apply(self, config: AgentConfig, backend: Backend) -> None:
         self.config = config
         self.pcfg: PipelineConfig = config.pipeline
         self.backend = backend
-        self.gpu_pre = uses_gpu_preprocessing(backend, self.pcfg.preprocess_device)
+        self._preprocess_device = resolve_preprocess_device(backend, self.pcfg.preprocess_device)
+        self.gpu_pre = self._preprocess_device == "cuda"
         self.spec = backend.manifest.preprocess
         self.max_batch = max(1, min(self.pcfg.max_batch, backend.max_batch))
         manifest = backend.manifest
@@ -130,7 +153,21 @@ class Pipeline:
 
     # --- threads ---------------------------------------------------------------------------
 
+    @property
+    def preprocess_device(self) -> PreprocessDevice:
+        """Where frames are preprocessed now (``cuda``: by the backend, on the device)."""
+        return self._preprocess_device
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped a thread of the pipeline, if anything did."""
+        return self._failure
+
     def start(self) -> None:
+        """Start the prepare and infer threads (once)."""
+        if self._started:
+            raise RuntimeError("a pipeline starts once")
+        self._started = True
         for target, name in ((self._prepare_loop, "prepare"), (self._infer_loop, "infer")):
             t = threading.Thread(target=self._guard(target), name=name, daemon=True)
             t.start()
@@ -142,28 +179,48 @@ class Pipeline:
                 target()
             except BaseException as exc:  # reported to the agent, which stops with an error
                 log.exception("%s thread failed", threading.current_thread().name)
-                self.failure = exc
-                self.stop_prepare.set()
-                self.stop_infer.set()
+                self._failure = exc
+                self._stop_prepare.set()
+                self._stop_infer.set()
 
         return run
 
     def alive(self) -> bool:
-        return self.failure is None and all(t.is_alive() for t in self._threads)
+        return self._failure is None and all(t.is_alive() for t in self._threads)
 
     def idle(self) -> bool:
         """Nothing queued, being decoded or waiting for a batch."""
         return not self.hub.busy() and len(self.batcher) == 0
 
-    def join(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def depth(self) -> int:
+        """Decoded frames waiting for a batch."""
+        return len(self.batcher)
+
+    def stop(self, deadline: float, *, drain: bool = True) -> bool:
+        """Stop by ``deadline`` (``time.monotonic()``); True when nothing queued was left.
+
+        With ``drain``, queued frames are classified for most of the time left (the sources
+        should be paused first); then both threads stop and are joined until ``deadline``.
+        Frames not classified stay un-done at their source (a file stays ``seen`` in the
+        ledger, an MQTT frame un-acknowledged), so the next start classifies them.
+        Safe to call on a pipeline that never started or already failed.
+        """
+        if drain:
+            drain_until = time.monotonic() + 0.8 * max(0.0, deadline - time.monotonic())
+            while self.alive() and not self.idle() and time.monotonic() < drain_until:
+                time.sleep(0.05)
+        drained = self.idle()
+        self._stop_prepare.set()
+        self.batcher.close()
+        self._stop_infer.set()
         for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            t.join(max(0.5, deadline - time.monotonic()))
+        return drained
 
     # --- prepare ---------------------------------------------------------------------------
 
     def _prepare_loop(self) -> None:
-        while not self.stop_prepare.is_set():
+        while not self._stop_prepare.is_set():
             frame = self.hub.get(timeout=0.2)
             if frame is None:
                 continue
@@ -172,23 +229,47 @@ class Pipeline:
                 prepared = self.prepare(frame)
                 if prepared is not None:
                     while not self.batcher.put(prepared, timeout=0.5):
-                        if self.stop_infer.is_set():
+                        if self._stop_infer.is_set():
                             return
             finally:
                 self.hub.release()
 
     def prepare(self, frame: Frame) -> Prepared | None:
-        """Decode and preprocess one frame; a bad one is rejected here (``None``)."""
+        """Decode and preprocess one frame; a bad one is rejected here (``None``).
+
+        Whatever decoding or preprocessing raises rejects this frame only: the pipeline goes on.
+        An input whose earlier attempts were interrupted ``poison_after_attempts`` times (the
+        agent died while processing it) is quarantined unread; any other input counts its
+        attempt (``frame.start()``, durable in the dir source's ledger) before it is read.
+        """
+        if frame.interrupted >= self.pcfg.poison_after_attempts:
+            self.reject(
+                frame,
+                POISON,
+                f"the agent stopped {frame.interrupted} times while processing this input; "
+                "quarantined unread (pipeline.poison_after_attempts)",
+            )
+            return None
+        frame.start()
         t0 = time.perf_counter()
         dcfg = self.config.decode
         formats = frame.formats or ("png", "jpeg", "tiff", "npy", "fits")
         try:
+            data = frame.data
+            if frame.image is None and frame.path is not None:
+                try:
+                    data = read_regular_file(frame.path, dcfg.max_bytes)
+                except OSError as exc:  # vanished or unreadable: nothing to quarantine
+                    log.warning(
+                        "%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc
+                    )
+                    self.stats.error()
+                    frame.done()
+                    return None
             if frame.image is not None:
                 image = frame.image
-            elif frame.path is not None:
-                image = decode_file(frame.path, dcfg, formats)
-            elif frame.data is not None:
-                image = decode_bytes(frame.data, dcfg, formats)
+            elif data is not None:
+                image = decode_bytes(data, dcfg, formats)
             else:
                 raise DecodeError("corrupt", "frame without data")
             check_frame(image)
@@ -196,26 +277,62 @@ class Pipeline:
             spec = self.spec
             tensor = None if self.gpu_pre else preprocess_frame(image, spec)
             t2 = time.perf_counter()
+        except NotRegularFileError as exc:
+            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
+            return None
         except DecodeError as exc:
             self.reject(frame, exc.reason, str(exc))
             return None
         except PreprocessError as exc:
             self.reject(frame, "corrupt", str(exc))
             return None
-        except OSError as exc:  # the file vanished or cannot be read: nothing to quarantine
-            log.warning("%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc)
-            self.stats.error()
-            frame.done()
+        except Exception as exc:  # no input may stop the pipeline
+            self._log_unexpected(frame, exc)
+            self.reject(frame, DECODE_FAILED, f"{type(exc).__name__}: {exc}")
             return None
         return Prepared(frame, image, tensor, None if self.gpu_pre else spec, t1 - t0, t2 - t1)
 
-    def reject(self, frame: Frame, reason: str, detail: str) -> None:
-        """Quarantine a bad input, publish an ``errors`` message, then let the source forget it."""
+    def _log_unexpected(self, frame: Frame, exc: Exception) -> None:
+        """The traceback once per kind of failure (type and raising line), one line after that."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
+        key = (type(exc).__qualname__, *where)
+        if key in self._unexpected_seen:
+            log.error(
+                "%s: %s: unexpected %s while decoding (traceback logged before): %s",
+                frame.source,
+                frame.frame_ref,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if len(self._unexpected_seen) < 256:  # bounded: a hostile stream cannot grow it for ever
+            self._unexpected_seen.add(key)
+        log.error(
+            "%s: %s: unexpected %s while decoding; the frame is rejected and the pipeline goes on",
+            frame.source,
+            frame.frame_ref,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+
+    def reject(self, frame: Frame, reason: str, detail: str, *, movable: bool = True) -> None:
+        """Quarantine a bad input, publish an ``errors`` message, then let the source forget it.
+
+        An input that cannot be quarantined (the quarantine's file system is full, or it is a
+        folder, which is never moved) stays where it was: the ``errors`` message and the log
+        say so, and the source marks it so that it is not retried until it changes
+        (:meth:`Frame.left_in_place`).
+        """
         self.stats.error()
         where: str | None = None
-        quarantined = True
+        left: str | None = None
         try:
-            if frame.path is not None:
+            if frame.path is not None and not movable:
+                left = "a folder is never moved into the quarantine"
+            elif frame.path is not None:
                 where = str(
                     self.quarantine.put_file(
                         frame.path, source=frame.source, reason=reason, message=detail
@@ -235,14 +352,19 @@ class Pipeline:
                 )
         except QuarantineError as exc:
             log.error("%s", exc)
-            quarantined = False
+            left = f"not quarantined: {exc.cause}"
+        if left is not None:
+            if frame.path is not None:
+                detail = f"{detail}; left in place ({left}); change or re-copy it to retry"
+            else:
+                detail = f"{detail}; {left}"
         log.warning(
-            "%s: %s rejected (%s): %s -> %s",
+            "%s: %s rejected (%s): %s%s",
             frame.source,
             frame.frame_ref,
             reason,
             detail,
-            where or "not quarantined",
+            "" if where is None else f" -> {where}",
         )
         body = payloads.error_payload(
             device_id=self.device_id,
@@ -255,13 +377,15 @@ class Pipeline:
         )
         self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
         self.on_stored()
-        if quarantined:
-            frame.done()  # else: stays un-done, so the next start tries again
+        if left is None:
+            frame.done()
+        else:
+            frame.left_in_place()  # a file: marked, not retried; MQTT bytes: un-acked, redelivered
 
     # --- infer -----------------------------------------------------------------------------
 
     def _infer_loop(self) -> None:
-        while not self.stop_infer.is_set():
+        while not self._stop_infer.is_set():
             self.heartbeat()
             with self._lock:
                 swap, self._pending_swap = self._pending_swap, None
@@ -269,7 +393,7 @@ class Pipeline:
                 self._apply(*swap)
                 log.info("pipeline now runs %s (%s)", self.model_name, self.backend.name)
             batch = self.batcher.next_batch(
-                self.max_batch, self.pcfg.max_wait_ms / 1000.0, self.idle_timeout_s
+                self.max_batch, self.pcfg.max_wait_ms / 1000.0, self._heartbeat_every_s
             )
             if batch:
                 self.run_batch(batch)

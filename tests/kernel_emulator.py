@@ -1,6 +1,6 @@
 """An emulated GPU for CPU hosts: flat device memory and the preprocessing kernel's contract.
 
-Used by the tests of ``edge_agent.cuda_preprocess`` (through a fake pycuda) and of
+Used by the tests of ``edge_agent.backends.cuda_preprocess`` (through a fake pycuda) and of
 ``scripts/gpu-check`` (through a fake CuPy device). The emulated kernel reads its arguments
 exactly as ``build_engine/cuda/preprocess.cu`` does (device pointers, heights, widths and
 pitches from device memory, one grid row per frame) and computes each frame with the CPU

@@ -1,9 +1,11 @@
 """The interface every inference backend implements.
 
 A backend is created from a verified bundle (its directory and manifest). It takes frames
-(uint8 H x W x 3) or an already preprocessed batch and returns logits. Backends that own a GPU
-override :meth:`Backend.infer_frames` to preprocess on the device with the bundle's CUDA kernels;
-the default preprocesses on the CPU with the reference implementation.
+(uint8 H x W x 3) or an already preprocessed batch and returns logits. A backend that
+preprocesses on its device (the bundle's CUDA kernels) says so in
+:attr:`Backend.preprocesses_on_device`, per loaded bundle, and its :meth:`Backend.infer_frames`
+does it; the pipeline reads that declaration and never guesses from which methods a class
+overrides. The default preprocesses on the CPU with the reference implementation.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ class Backend(ABC):
     @property
     def max_batch(self) -> int:
         return self.manifest.batch.max
+
+    @property
+    def preprocesses_on_device(self) -> bool:
+        """Whether :meth:`infer_frames` preprocesses on the device, for this loaded bundle.
+
+        ``False`` here: the pipeline then hands :meth:`infer` CPU tensors. A backend answers
+        for the bundle it loaded (a TensorRT bundle without kernels answers ``False``).
+        """
+        return False
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """TensorRT backend: a bundle's ``model.plan`` run through pycuda on one CUDA stream.
 
 Imported only when a TensorRT bundle is loaded (the only module of ``edge_agent``, with
-:mod:`edge_agent.cuda_preprocess`, that touches TensorRT or pycuda). Before the plan is
+:mod:`edge_agent.backends.cuda_preprocess`, that touches TensorRT or pycuda). Before the plan is
 deserialised the manifest is checked against this TensorRT, GPU name and compute capability
 (:func:`edge_agent.contract.manifest.check_device`): a plan built elsewhere is refused, never loaded.
 
@@ -26,11 +26,11 @@ import pycuda.driver as cuda  # pyright: ignore[reportMissingImports]
 import tensorrt as trt
 
 from edge_agent.backends.base import Backend, BackendError, BatchResult
+from edge_agent.backends.cuda_preprocess import CudaPreprocessor, cuda_call
 from edge_agent.backends.tensorrt_common import TensorRTLogger
 from edge_agent.contract.errors import PreprocessError
 from edge_agent.contract.manifest import Manifest, check_device
 from edge_agent.contract.preprocess import ChannelOrder
-from edge_agent.cuda_preprocess import CudaPreprocessor, cuda_call
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,11 @@ class TensorRTBackend(Backend):
             )
         else:
             log.warning("%s has no CUDA kernels: preprocessing on the CPU", self.bundle_dir)
+
+    @property
+    def preprocesses_on_device(self) -> bool:
+        """True when the bundle brought CUDA kernels (loaded at start); else the CPU does it."""
+        return self.preprocessor is not None
 
     def _check_count(self, n: int) -> None:
         if n < 1:

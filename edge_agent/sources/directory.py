@@ -8,6 +8,11 @@ At start the folder is rescanned (after the observer is running, so nothing slip
 two), and the ledger skips files already done: a restart resumes where it stopped.
 The watchdog thread only records paths; a feeder thread waits on the bounded queue, so with the
 ``block`` policy files simply wait on disk.
+Entries that are not regular files (symbolic links, FIFOs, devices, sockets, folders) are
+offered too, as soon as they appear, so the pipeline refuses them with an ``errors`` message
+(:mod:`edge_agent.sources.file_input` reads without following links or opening them). Each
+frame carries how many earlier attempts at the file were interrupted (from the ledger) and
+counts its own attempt in the ledger when the pipeline starts on it.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import threading
 from collections import deque
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileCreatedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -49,9 +57,18 @@ class _Handler(FileSystemEventHandler):
         self.source.offer(Path(os.fsdecode(event.src_path)))
 
     def on_moved(self, event: DirMovedEvent | FileMovedEvent) -> None:
-        if event.is_directory:
+        self.source.offer(Path(os.fsdecode(event.dest_path)))  # a folder too: refused with a word
+
+    def on_created(self, event: DirCreatedEvent | FileCreatedEvent) -> None:
+        # A regular file is offered at close (complete); a link, FIFO, device or folder has no
+        # close event, so it is offered now, to be refused with a word.
+        path = Path(os.fsdecode(event.src_path))
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
             return
-        self.source.offer(Path(os.fsdecode(event.dest_path)))
+        if not regular:
+            self.source.offer(path)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         return None
@@ -98,8 +115,12 @@ class DirectorySource(Source):
         entries = []
         with os.scandir(self.directory) as it:
             for entry in it:
-                if entry.is_file(follow_symlinks=False) and is_candidate(Path(entry.path)):
-                    entries.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
+                if is_candidate(Path(entry.path)):
+                    try:
+                        mtime_ns = entry.stat(follow_symlinks=False).st_mtime_ns
+                    except OSError:
+                        continue
+                    entries.append((mtime_ns, entry.name, Path(entry.path)))
         entries.sort()
         for _, _, path in entries:
             self.offer(path)
@@ -126,16 +147,15 @@ class DirectorySource(Source):
                     return
                 path = self._paths.popleft()
             try:
-                if not path.is_file():
-                    continue  # moved away or deleted before we got to it
-                key = FileKey.of(path)
+                key = FileKey.of(path)  # lstat: a link is keyed (and refused) as itself
             except OSError:
-                continue
+                continue  # moved away or deleted before we got to it
             with self._cond:
                 if key in self._inflight:
                     continue
-            if self.ledger.state(key) == "done":
-                continue
+            entry = self.ledger.entry(key)
+            if entry is not None and entry.state != "seen":
+                continue  # done, or rejected and left in place
             self.ledger.mark_seen(key)
             with self._cond:
                 self._inflight.add(key)
@@ -146,6 +166,9 @@ class DirectorySource(Source):
                 path=path,
                 formats=self.formats,
                 on_done=functools.partial(self._done, key),
+                on_start=functools.partial(self.ledger.begin_attempt, key),
+                on_left=functools.partial(self._left, key),
+                interrupted=0 if entry is None else entry.interrupted,
             )
             while not self.queue.put(frame, timeout=0.5):
                 if self.stopping.is_set() or self.queue.closed:
@@ -155,6 +178,11 @@ class DirectorySource(Source):
 
     def _done(self, key: FileKey) -> None:
         self.ledger.mark_done([key])
+        with self._cond:
+            self._inflight.discard(key)
+
+    def _left(self, key: FileKey) -> None:
+        self.ledger.mark_rejected(key)
         with self._cond:
             self._inflight.discard(key)
 

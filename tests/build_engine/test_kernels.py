@@ -1,7 +1,7 @@
 """The CUDA preprocessing kernels compile here for Orin (sm_87) and H100/H200 (sm_90), no spills.
 
 Compilation only: no GPU here. Parity with the CPU reference on a GPU is scripts/gpu-check and
-the ``gpu`` test of tests/edge_agent/test_cuda_preprocess.py.
+the ``gpu`` test of tests/edge_agent/backends/test_cuda_preprocess.py.
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def test_reference_imports_with_the_pydantic_stand_in() -> None:
         gc = importlib.util.module_from_spec(spec)
         loader.exec_module(gc)
         print(gc.ensure_pydantic())
-        import edge_agent.cuda_preprocess  # imports backends.base and manifest too
+        import edge_agent.backends.cuda_preprocess  # imports backends.base and manifest too
         rng = np.random.default_rng(3)
         frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((5, 9), (31, 17))]
         out = gc.reference(frames, 24, "none", "BGR")

@@ -33,6 +33,7 @@ from edge_agent.contract.manifest import (
     official_classes,
 )
 from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
+from edge_agent.pipeline import resolve_preprocess_device
 
 S = 32  # a small model input keeps the emulation fast
 
@@ -194,6 +195,8 @@ def test_frames_are_preprocessed_on_the_device_into_the_engine_input(
 ) -> None:
     module, driver, calls = backend_env(input_dtype)
     backend = module.TensorRTBackend(bundle, make_manifest())
+    assert backend.preprocesses_on_device
+    assert resolve_preprocess_device(backend, "auto") == "cuda"
     frames = _frames(3)
     result = backend.infer_frames(frames, "BGR")
     spec = PreprocessSpec(input_size=S)
@@ -264,6 +267,11 @@ def test_a_bundle_without_kernels_preprocesses_on_the_cpu(
     with caplog.at_level(logging.WARNING):
         backend = module.TensorRTBackend(bundle, make_manifest(kernels=False))
     assert "preprocessing on the CPU" in caplog.text
+    # Declared, so the pipeline feeds it CPU tensors and reports cpu (not guessed from methods).
+    assert not backend.preprocesses_on_device
+    assert resolve_preprocess_device(backend, "auto") == "cpu"
+    with pytest.raises(BackendError, match="without CUDA kernels"):
+        resolve_preprocess_device(backend, "cuda")
     frames = _frames(2)
     result = backend.infer_frames(frames)
     want = preprocess_batch(frames, PreprocessSpec(input_size=S))

@@ -18,9 +18,7 @@ import pytest
 from kernel_emulator import FakeDriver, install_fake_pycuda
 
 from edge_agent.backends.base import BackendError
-from edge_agent.contract.errors import PreprocessError
-from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
-from edge_agent.cuda_preprocess import (
+from edge_agent.backends.cuda_preprocess import (
     ALIGN,
     CudaPreprocessor,
     check_spec,
@@ -29,6 +27,8 @@ from edge_agent.cuda_preprocess import (
     launch_geometry,
     staging_layout,
 )
+from edge_agent.contract.errors import PreprocessError
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
 
 
 def _frames(shapes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
@@ -166,7 +166,7 @@ def test_a_cubin_that_does_not_load_falls_back_to_ptx_and_says_so(
     fake_pycuda: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     driver = fake_pycuda(cubin_loads=False)
-    with caplog.at_level(logging.WARNING, logger="edge_agent.cuda_preprocess"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.backends.cuda_preprocess"):
         pre = CudaPreprocessor(*_bundle(tmp_path), DEFAULT_SPEC)
     assert driver.loaded == [".ptx"] and pre.source.suffix == ".ptx"
     assert "JIT-compiling" in caplog.text and "device kernel image is invalid" in caplog.text
