@@ -1,0 +1,1 @@
+"""The live page served by the catalogue writer (``server``) and its static files."""

@@ -1,0 +1,272 @@
+"""Helpers of the catalogue tests: agent-shaped payloads, a real PostgreSQL, a publisher.
+
+The payloads follow the agent's v2 schemas (edge_agent/schemas) and are checked against them
+on the way in, so a drift between these builders and the contract fails the tests.
+PostgreSQL is a real server in a temporary cluster on a unix socket (``initdb`` + ``pg_ctl``);
+as root it runs as the ``postgres`` system user (the server refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge_agent.contract.classes import CLASS_NAMES
+
+SHA = "ab" * 32
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def msg_id(device: str, n: int) -> str:
+    return hashlib.sha256(f"{device}|{n}".encode()).hexdigest()[:32]
+
+
+def iso(seconds: float) -> str:
+    t = time.gmtime(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+def classification(
+    device: str,
+    n: int,
+    class_id: int | None = None,
+    confidence: float = 0.8,
+    at: float = 1_780_000_000.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A v2 classification as the agent publishes it (``extra``: further fields)."""
+    cid = n % 10 if class_id is None else class_id
+    rest = (1.0 - confidence) / 9
+    probs = [round(confidence if i == cid else rest, 6) for i in range(10)]
+    body = {
+        "schema_version": 2,
+        "type": "classification",
+        "device_id": device,
+        "id": msg_id(device, n),
+        "source": "inbox",
+        "frame_ref": f"frame-{n:05d}.png",
+        "received_at": iso(at + n),
+        "classified_at": iso(at + n + 0.25),
+        "label": CLASS_NAMES[cid],
+        "class_id": cid,
+        "confidence": probs[cid],
+        "probabilities": probs,
+        "top_k": [{"class_id": cid, "label": CLASS_NAMES[cid], "probability": probs[cid]}],
+        "uncertain": confidence < 0.5,
+        "model": {"name": "mobilevit_s", "sha256": SHA, "precision": "fp32"},
+        "latency_ms": {"infer": 10.0, "total": 20.0},
+    }
+    body.update(extra)
+    return body
+
+
+def error(device: str, n: int) -> dict[str, Any]:
+    return {
+        "schema_version": 2,
+        "type": "error",
+        "device_id": device,
+        "id": msg_id(device, 100_000 + n),
+        "source": "inbox",
+        "frame_ref": f"broken-{n}.png",
+        "reason": "corrupt",
+        "detail": "PNG decoder: image data truncated",
+        "quarantined_to": f"/var/lib/galaxy-edge/quarantine/broken-{n}.png",
+        "at": iso(1_780_000_000.0 + n),
+    }
+
+
+def status(device: str, state: str = "online") -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "schema_version": 2,
+        "type": "status",
+        "device_id": device,
+        "state": state,
+        "agent_version": "0.1.0",
+        "model": {"name": "mobilevit_s", "sha256": SHA, "precision": "fp32"},
+        "classes": list(CLASS_NAMES),
+    }
+    if state == "online":
+        body["at"] = iso(1_780_000_000.0)
+    return body
+
+
+def stats(device: str, fps: float = 2.5, outbox_depth: int = 3) -> dict[str, Any]:
+    return {
+        "schema_version": 2,
+        "type": "stats",
+        "device_id": device,
+        "at": iso(1_780_000_100.0),
+        "uptime_s": 100.0,
+        "interval_s": 10.0,
+        "frames": {"in": 50, "out": 48, "errors": 2},
+        "interval_frames": {"in": 25, "out": 25, "errors": 0},
+        "rates": {"fps_in": fps, "fps_out": fps},
+        "latency_ms": {"infer": {"p50": 10.0, "p99": 20.0, "max": 21.0}},
+        "queue_depth": 0,
+        "frames_dropped": {},
+        "outbox": {"depth": outbox_depth, "bytes": 1000, "dropped": {"bytes": 0, "age": 0}},
+        "mqtt": {"published": 50, "acked": 47, "resent": 0, "rejected": 0, "connects": 1},
+    }
+
+
+def to_bytes(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def tiny_jpeg(seed: int = 0) -> bytes:
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    assert ok
+    return bytes(buf)
+
+
+class Publisher:
+    """A QoS 1 publisher that waits for every PUBACK (the agent's side, without the agent)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-pub-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+    def publish_many(self, items: list[tuple[str, bytes]]) -> None:
+        infos = [self.client.publish(t, p, qos=1) for t, p in items]
+        for info in infos:
+            info.wait_for_publish(30)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def find_pg_bin() -> Path | None:
+    for d in PG_BIN_DIRS:
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return d
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster listening on a unix socket only (no TCP port)."""
+
+    def __init__(self) -> None:
+        bindir = find_pg_bin()
+        if bindir is None:
+            raise FileNotFoundError("PostgreSQL is not installed (apt-get install -y postgresql)")
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="catalogue-pg-"))
+        self.data = self.root / "data"
+        self.socket_dir = self.root
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = "postgres" if _has_user("postgres") else "nobody"
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self.root.chmod(0o700)
+
+    def _as_owner(self, *cmd: str) -> list[str]:
+        if self.user is None:
+            return list(cmd)
+        return ["runuser", "-u", self.user, "--", *cmd]
+
+    def start(self) -> PostgresServer:
+        subprocess.run(
+            self._as_owner(
+                str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
+                "postgres", "-E", "UTF8", "--no-sync",
+            ),
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        options = f"-k {self.socket_dir} -c listen_addresses='' -F -c max_connections=50"
+        subprocess.run(
+            self._as_owner(
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options,
+                "-l", str(self.root / "log"), "-w", "-t", "60", "start",
+            ),
+            check=True, capture_output=True, timeout=90,
+        )  # fmt: skip
+        return self
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.socket_dir}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = f"cat_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run(
+            self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                           "-w", "stop"),
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        try:
+            return (self.root / "log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def require_postgres() -> None:
+    """Skip without PostgreSQL or psycopg, except under CI, where it fails."""
+    problem = None
+    if find_pg_bin() is None:
+        problem = "PostgreSQL is not installed (apt-get install -y postgresql postgresql-15-q3c)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            problem = "psycopg is not installed (pip install 'galaxy-edge[catalogue]')"
+    if problem is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{problem}; CI must install it (scripts/setup)")
+        pytest.skip(problem)
