@@ -160,7 +160,7 @@ class PipelineConfig(_Strict):
     max_wait_ms: float = Field(20.0, ge=0, le=60_000, description="wait for a fuller batch")
     uncertain_below: float = Field(0.5, ge=0.0, le=1.0, description="confidence under: uncertain")
     top_k: int = Field(3, ge=1, le=10)
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    backend: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = "auto"
     preprocess_device: Literal["auto", "cpu", "cuda"] = "auto"
     onnxruntime_cuda: bool = Field(False, description="use CUDAExecutionProvider when present")
     intra_op_threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime threads")

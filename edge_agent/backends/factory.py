@@ -8,7 +8,7 @@ from typing import Literal
 from edge_agent.backends.base import Backend, BackendError
 from edge_agent.contract.manifest import Manifest
 
-BackendKind = Literal["auto", "onnxruntime", "tensorrt"]
+BackendKind = Literal["auto", "onnxruntime", "tensorrt", "openvino"]
 
 
 def create_backend(
@@ -40,6 +40,10 @@ def create_backend(
             intra_op_threads=intra_op_threads,
             spinning=spinning,
         )
+    if manifest.backend == "openvino":
+        from edge_agent.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(bundle_dir, manifest, threads=intra_op_threads)
     try:
         from edge_agent.backends import tensorrt_backend
     except ImportError as exc:

@@ -23,7 +23,7 @@ from edge_agent.contract.preprocess import PreprocessSpec
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 
 class _Strict(BaseModel):
@@ -66,6 +66,29 @@ class AccuracyGate(_Strict):
     agreement: float = Field(ge=0.0, le=1.0, description="share of images with equal top-1")
     threshold_points: float
     passed: bool
+    # What the gate could show (absent in bundles built before the paired interval).
+    min_images: int | None = Field(None, ge=1, description="smallest gate set build-engine accepts")
+    both_correct: int | None = Field(None, ge=0, description="images both models got right")
+    candidate_only_correct: int | None = Field(
+        None, ge=0, description="discordant: the candidate right, the reference wrong"
+    )
+    reference_only_correct: int | None = Field(
+        None, ge=0, description="discordant: the reference right, the candidate wrong"
+    )
+    interval_low_points: float | None = Field(
+        None, description="lower end of the interval of candidate - reference top-1, in points"
+    )
+    interval_high_points: float | None = Field(
+        None, description="upper end of the interval of candidate - reference top-1, in points"
+    )
+    interval_level: float | None = Field(
+        None, gt=0.0, lt=1.0, description="two-sided level of the interval, e.g. 0.9"
+    )
+    interval_method: str | None = Field(None, description="how the interval was computed")
+    rule: str | None = Field(None, description="the decision rule, in words")
+    finding: str | None = Field(
+        None, description="what the gate could and could not show, in one sentence"
+    )
 
 
 class TensorRTInfo(_Strict):
@@ -76,6 +99,23 @@ class TensorRTInfo(_Strict):
     l4t_release: str | None = None
     workspace_bytes: int | None = None
     timing_cache: str | None = None
+
+
+class OpenVinoInfo(_Strict):
+    """The compiled model an OpenVINO bundle caches, and what it was compiled for.
+
+    A compiled model only loads on the OpenVINO version that wrote it and is tuned (and gated)
+    for the CPU's instruction sets: both are its key, like a TensorRT plan's.
+    """
+
+    version: str = Field(description="openvino.__version__ that compiled the model")
+    device: str = Field("CPU", description="OpenVINO device name")
+    cpu_name: str = Field(description="FULL_DEVICE_NAME of the CPU")
+    isa: list[str] = Field(description="the CPU's instruction sets that change the kernels")
+    inference_precision: Literal["f32", "bf16"] = Field(
+        description="INFERENCE_PRECISION_HINT: precision of the layers not quantized in the ONNX"
+    )
+    compiled_file: str = Field(description="the exported compiled model (Core.import_model)")
 
 
 class KernelInfo(_Strict):
@@ -100,7 +140,7 @@ class Manifest(_Strict):
     builder: str = Field(description="galaxy-edge version that wrote the bundle")
     model: ModelInfo
     preprocess: PreprocessSpec
-    backend: Literal["onnxruntime", "tensorrt"]
+    backend: Literal["onnxruntime", "tensorrt", "openvino"]
     precision: Precision
     model_file: str = Field(description="the file the backend loads: an .onnx or a .plan")
     input_name: str = "input"
@@ -110,6 +150,7 @@ class Manifest(_Strict):
     quantization: Quantization = Field(default_factory=Quantization)
     accuracy_gate: AccuracyGate | None = None
     tensorrt: TensorRTInfo | None = None
+    openvino: OpenVinoInfo | None = None
     kernels: KernelInfo | None = None
     training: TrainingProvenance = Field(default_factory=TrainingProvenance)
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
@@ -240,4 +281,35 @@ def check_device(
     if mismatches:
         raise StaleBundleError(
             "plan was built for " + ", ".join(mismatches) + "; run build-engine on this device"
+        )
+
+
+def check_openvino(manifest: Manifest, *, version: str | None, isa: list[str]) -> None:
+    """Raise :class:`StaleBundleError` when an OpenVINO bundle was compiled for another setup.
+
+    Other bundles always pass. ``isa`` is this CPU's list (see ``OpenVinoInfo.isa``).
+    """
+    if manifest.backend != "openvino":
+        return
+    info = manifest.openvino
+    if info is None:
+        raise ManifestError("OpenVINO bundle without its openvino section; run build-engine again")
+    if version is None:
+        raise StaleBundleError(
+            "bundle holds an OpenVINO compiled model but openvino does not import here; "
+            "install galaxy-edge[openvino] or use an ONNX Runtime bundle"
+        )
+    mismatches = []
+    if info.version != version:
+        mismatches.append(f"OpenVINO {info.version} (here {version})")
+    if sorted(info.isa) != sorted(isa):
+        missing = sorted(set(info.isa) - set(isa))
+        extra = sorted(set(isa) - set(info.isa))
+        what = ", ".join([*(f"-{f}" for f in missing), *(f"+{f}" for f in extra)])
+        mismatches.append(f"another CPU ({what})")
+    if mismatches:
+        raise StaleBundleError(
+            "compiled model was built for "
+            + ", ".join(mismatches)
+            + "; run build-engine --if-stale on this host"
         )
