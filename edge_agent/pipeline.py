@@ -25,6 +25,7 @@ from edge_agent.backends.base import Backend, BackendError
 from edge_agent.batcher import Batcher
 from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.contract.decode import DecodeError, decode_bytes
+from edge_agent.contract.decode_config import ALL_FORMATS
 from edge_agent.contract.errors import PreprocessError
 from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
 from edge_agent.outbox import Outbox, PendingMessage
@@ -253,7 +254,7 @@ class Pipeline:
         frame.start()
         t0 = time.perf_counter()
         dcfg = self.config.decode
-        formats = frame.formats or ("png", "jpeg", "tiff", "npy", "fits")
+        formats = frame.formats or ALL_FORMATS
         try:
             data = frame.data
             if frame.image is None and frame.path is not None:

@@ -1,43 +1,74 @@
-"""Encoded image bytes (PNG, JPEG, TIFF, NPY, FITS) to the uint8 H x W x 3 RGB frames the model sees.
+"""Encoded image bytes (PNG, JPEG, TIFF, BMP, WebP, NPY, FITS) to the uint8 H x W x 3 RGB frames the model sees.
+
+Every stage reads pixels through this module: the agent, and through
+:mod:`edge_agent.contract.labelled_data` training, calibration, the accuracy gate and
+``evaluate``, so the same file gives the same pixels everywhere.
 
 The type comes from the magic bytes, never from the file name: a receiver that writes a FITS
 file as ``.jpg`` still gets classified, and a text file named ``.png`` is rejected as
 ``wrong_type``. Every rejection is a :class:`DecodeError` with a reason code that the quarantine
-and the ``errors`` topic carry: ``corrupt``, ``truncated``, ``oversized``, ``wrong_type``,
-``unsupported``. Data deeper than 8 bits (16-bit PNG/TIFF, float NPY/FITS) is stretched to 8 bits
-by the configured :class:`~edge_agent.config.StretchConfig`; NaN and infinities become black.
+and the ``errors`` topic carry:
+
+- ``corrupt``: the bytes are of a known type but not a valid image (or a library refused them);
+- ``truncated``: the file is empty or shorter than its own headers say (cut short);
+- ``oversized``: above ``decode.max_bytes`` on disk, or its header promises more than
+  ``decode.max_pixels`` pixels or ``decode.max_decoded_bytes`` decoded bytes;
+- ``wrong_type``: not an image at all (no known magic bytes);
+- ``unsupported``: an image this decoder does not take (GIF, JPEG 2000, a format the source
+  excludes, a pickled NPY, a FITS cube without ``decode.fits.bands``...).
+
+No input makes :func:`decode_bytes` raise anything else: headers are checked before any library
+decodes (:mod:`~edge_agent.contract.image_headers`), and what a library raises on hostile bytes is
+turned into ``corrupt``. What one input can cost is bounded: ``max_bytes`` read, then a decoded
+array of at most ``max_decoded_bytes`` (its conversion to 8 bits takes a few times that for deep
+data). Data deeper than 8 bits (16-bit PNG/TIFF, float NPY/FITS) is stretched to 8 bits by the
+configured :class:`~edge_agent.contract.decode_config.StretchConfig`; NaN and infinities become
+black.
 """
 
 from __future__ import annotations
 
 import io
-import struct
-from collections.abc import Collection
+import math
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Literal
 
 import cv2
 import numpy as np
 
 from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, StretchConfig
-from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.decode_error import DecodeError, Reason
+from edge_agent.contract.fits_header import BLOCK, FitsHdu, read_hdus
+from edge_agent.contract.image_headers import (
+    ImageHeader,
+    bmp_header,
+    check_budget,
+    jpeg_header,
+    png_header,
+    webp_header,
+)
+from edge_agent.contract.tiff_header import tiff_header
 
-Reason = Literal["corrupt", "truncated", "oversized", "wrong_type", "unsupported"]
+__all__ = ["DecodeError", "Reason", "decode_bytes", "decode_file", "sniff", "stretch"]
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
 _TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _NPY = b"\x93NUMPY"
 _FITS = b"SIMPLE  ="
-_OTHER_IMAGES = {b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP", b"\x00\x00\x00\x0cjP": "JPEG 2000"}
-
-
-class DecodeError(GalaxyEdgeError):
-    """An input that cannot become a frame; ``reason`` is one of the codes of :data:`Reason`."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        self.reason: Reason = reason
-        super().__init__(message)
+_BMP_INFO_SIZES = (12, 40, 52, 56, 108, 124)
+_OTHER_IMAGES = {
+    b"GIF8": "GIF",
+    b"\x00\x00\x00\x0cjP": "JPEG 2000",
+    b"\xff\x4f\xff\x51": "JPEG 2000",
+}
+_HEADERS: dict[str, Callable[[bytes], ImageHeader]] = {
+    "png": png_header,
+    "jpeg": jpeg_header,
+    "tiff": tiff_header,
+    "bmp": bmp_header,
+    "webp": webp_header,
+}
 
 
 def sniff(data: bytes) -> str | None:
@@ -52,13 +83,21 @@ def sniff(data: bytes) -> str | None:
         return "npy"
     if data.startswith(_FITS):
         return "fits"
+    if data.startswith(b"BM") and int.from_bytes(data[14:18], "little") in _BMP_INFO_SIZES:
+        return "bmp"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "webp"
     return None
 
 
 def decode_file(
     path: Path, config: DecodeConfig, formats: Collection[str] = ALL_FORMATS
 ) -> np.ndarray:
-    """Read ``path`` (refusing it unread when larger than ``max_bytes``) and decode it."""
+    """Read ``path`` (refusing it unread when larger than ``max_bytes``) and decode it.
+
+    Raises :class:`DecodeError` for anything wrong with the bytes, and ``OSError`` only when the
+    file itself cannot be read (gone, unreadable): that is no fault of the input.
+    """
     size = Path(path).stat().st_size
     if size > config.max_bytes:
         raise DecodeError("oversized", f"{size} bytes, above decode.max_bytes={config.max_bytes}")
@@ -68,7 +107,7 @@ def decode_file(
 def decode_bytes(
     data: bytes, config: DecodeConfig, formats: Collection[str] = ALL_FORMATS
 ) -> np.ndarray:
-    """Encoded bytes to a contiguous uint8 H x W x 3 RGB array; raises :class:`DecodeError`."""
+    """Encoded bytes to a contiguous uint8 H x W x 3 RGB array; raises only :class:`DecodeError`."""
     if len(data) == 0:
         raise DecodeError("truncated", "empty input (0 bytes)")
     if len(data) > config.max_bytes:
@@ -80,72 +119,64 @@ def decode_bytes(
         for magic, name in _OTHER_IMAGES.items():
             if data.startswith(magic):
                 raise DecodeError(
-                    "unsupported", f"{name} images are not supported; send PNG/JPEG/TIFF/NPY/FITS"
+                    "unsupported",
+                    f"{name} images are not supported; send PNG/JPEG/TIFF/BMP/WebP/NPY/FITS",
                 )
         raise DecodeError(
-            "wrong_type", "not an image: the first bytes match no PNG/JPEG/TIFF/NPY/FITS"
+            "wrong_type", "not an image: the first bytes match no PNG/JPEG/TIFF/BMP/WebP/NPY/FITS"
         )
     if kind not in formats:
         raise DecodeError(
             "unsupported", f"{kind} is not among this source's formats ({', '.join(formats)})"
         )
-    if kind == "npy":
-        array = _decode_npy(data, config)
-    elif kind == "fits":
-        array = _decode_fits(data, config)
-    else:
-        array = _decode_opencv(data, kind, config)
-    return _to_rgb8(array, config.stretch, bgr=kind in ("png", "jpeg", "tiff"))
-
-
-# --- OpenCV formats ------------------------------------------------------------------------
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    if len(data) >= 24 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        return height, width
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return height, width
-        i += 2 + length
-    return None
-
-
-def _check_pixels(height: int, width: int, config: DecodeConfig) -> None:
-    if height * width > config.max_pixels:
+    try:
+        if kind == "npy":
+            array = _decode_npy(data, config)
+        elif kind == "fits":
+            array = _decode_fits(data, config)
+        else:
+            array = _decode_opencv(data, kind, config)
+        return _to_rgb8(array, config.stretch, bgr=kind not in ("npy", "fits"))
+    except DecodeError:
+        raise
+    except MemoryError as exc:
         raise DecodeError(
-            "oversized", f"{width}x{height} pixels, above decode.max_pixels={config.max_pixels}"
-        )
+            "oversized",
+            f"{kind.upper()}: out of memory decoding it; lower decode.max_decoded_bytes",
+        ) from exc
+    except Exception as exc:  # the contract: hostile bytes make a library raise anything at all
+        raise DecodeError("corrupt", f"{kind.upper()} decoder failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+# --- OpenCV formats (PNG, JPEG, TIFF, BMP, WebP) ---------------------------------------------
 
 
 def _decode_opencv(data: bytes, kind: str, config: DecodeConfig) -> np.ndarray:
-    size = _png_size(data) if kind == "png" else _jpeg_size(data) if kind == "jpeg" else None
-    if size is not None:
-        _check_pixels(*size, config)
-    if kind == "png" and not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
-        raise DecodeError("truncated", "PNG without its IEND chunk: the file was cut short")
+    header = _HEADERS[kind](data)
+    check_budget(kind, header, config)
     if kind == "jpeg" and b"\xff\xd9" not in data[-64:]:
         raise DecodeError(
             "truncated", "JPEG without its end-of-image marker: the file was cut short"
         )
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise DecodeError(
+            "corrupt", f"{kind.upper()} that OpenCV refuses ({_one_line(exc)})"
+        ) from exc
     if image is None or image.size == 0:
         raise DecodeError("corrupt", f"{kind.upper()} data that OpenCV cannot decode")
-    _check_pixels(image.shape[0], image.shape[1], config)
+    if image.shape[:2] != (header.height, header.width):
+        raise DecodeError(
+            "corrupt",
+            f"{kind.upper()} decoded to {image.shape[1]}x{image.shape[0]} pixels, "
+            f"its header says {header.width}x{header.height}",
+        )
     return image
 
 
@@ -166,9 +197,10 @@ def _decode_npy(data: bytes, config: DecodeConfig) -> np.ndarray:
         raise DecodeError("unsupported", "NPY of Python objects (pickles are never loaded)")
     if dtype.kind not in "buif":
         raise DecodeError("unsupported", f"NPY of dtype {dtype} (need integers or floats)")
-    spatial = _npy_spatial(shape)
-    _check_pixels(*spatial, config)
-    needed = stream.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    height, width = _npy_spatial(shape)
+    array_bytes = math.prod(int(n) for n in shape) * dtype.itemsize
+    check_budget("npy", ImageHeader(width, height, array_bytes), config)
+    needed = stream.tell() + array_bytes
     if len(data) < needed:
         raise DecodeError("truncated", f"NPY holds {len(data)} of its {needed} bytes")
     try:
@@ -196,22 +228,25 @@ def _npy_spatial(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _decode_fits(data: bytes, config: DecodeConfig) -> np.ndarray:
+    if len(data) % BLOCK != 0:
+        # Every FITS file is a whole number of 2880-byte blocks: anything else was cut short.
+        raise DecodeError("truncated", f"FITS of {len(data)} bytes, not a multiple of {BLOCK}")
+    hdus = read_hdus(data)
+    hdu = _pick_hdu(hdus, config)
+    check_budget("fits", ImageHeader(hdu.shape[-1], hdu.shape[-2], hdu.decoded_bytes), config)
+    for before in hdus[: hdu.index + 1]:
+        if before.end > len(data):
+            raise DecodeError(
+                "truncated",
+                f"FITS HDU {before.index} needs {before.end} bytes, file has {len(data)}",
+            )
     from astropy.io import fits  # lazy: astropy takes a second to import and most inputs are JPEG
 
-    if len(data) % 2880 != 0:
-        # Every FITS file is a whole number of 2880-byte blocks: anything else was cut short.
-        raise DecodeError("truncated", f"FITS of {len(data)} bytes, not a multiple of 2880")
     try:
-        with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False) as hdus:
-            hdu = _pick_hdu(hdus, config)
-            shape = tuple(int(n) for n in hdu.shape)
-            if len(shape) >= 2:
-                _check_pixels(shape[-2], shape[-1], config)
-            array = np.asarray(hdu.data)
-    except DecodeError:
-        raise
+        with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as opened:
+            array = np.asarray(opened[hdu.index].data)
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise DecodeError("corrupt", f"FITS unreadable ({type(exc).__name__}: {exc})") from exc
+        raise DecodeError("corrupt", f"FITS unreadable ({_one_line(exc)})") from exc
     array = np.squeeze(array)
     if array.ndim == 3:
         bands = config.fits.bands
@@ -234,15 +269,20 @@ def _decode_fits(data: bytes, config: DecodeConfig) -> np.ndarray:
     return np.ascontiguousarray(array[::-1]).astype(array.dtype.newbyteorder("="), copy=False)
 
 
-def _pick_hdu(hdus: Any, config: DecodeConfig) -> Any:
+def _pick_hdu(hdus: list[FitsHdu], config: DecodeConfig) -> FitsHdu:
     if config.fits.hdu is not None:
         if config.fits.hdu >= len(hdus):
             raise DecodeError(
                 "unsupported", f"FITS has {len(hdus)} HDUs, decode.fits.hdu={config.fits.hdu}"
             )
-        return hdus[config.fits.hdu]
+        chosen = hdus[config.fits.hdu]
+        if not chosen.is_image:
+            raise DecodeError(
+                "unsupported", f"FITS HDU {chosen.index} (decode.fits.hdu) holds no image"
+            )
+        return chosen
     for hdu in hdus:
-        if getattr(hdu, "is_image", False) and hdu.data is not None and hdu.data.ndim >= 2:
+        if hdu.is_image:
             return hdu
     raise DecodeError("unsupported", "FITS without an image HDU")
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ImageFormat = Literal["png", "jpeg", "tiff", "npy", "fits"]
-ALL_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "tiff", "npy", "fits")
+ImageFormat = Literal["png", "jpeg", "tiff", "bmp", "webp", "npy", "fits"]
+ALL_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "tiff", "bmp", "webp", "npy", "fits")
 
 
 class _Strict(BaseModel):
@@ -27,9 +27,15 @@ class StretchConfig(_Strict):
     ``percentile`` is the z-scale-like clip (same as linear, named for its use).
     """
 
-    method: Literal["linear", "asinh", "percentile"] = "asinh"
-    low_percentile: float = Field(0.5, ge=0.0, lt=100.0)
-    high_percentile: float = Field(99.5, gt=0.0, le=100.0)
+    method: Literal["linear", "asinh", "percentile"] = Field(
+        "asinh", description="how deep values map to 0..255 (see the class description)"
+    )
+    low_percentile: float = Field(
+        0.5, ge=0.0, lt=100.0, description="percentile of the finite values that becomes 0"
+    )
+    high_percentile: float = Field(
+        99.5, gt=0.0, le=100.0, description="percentile of the finite values that becomes 255"
+    )
     asinh_a: float = Field(0.1, gt=0.0, le=10.0, description="asinh softening")
 
     @model_validator(mode="after")
@@ -40,6 +46,8 @@ class StretchConfig(_Strict):
 
 
 class FitsConfig(_Strict):
+    """Which part of a FITS file is the image."""
+
     hdu: int | None = Field(None, ge=0, description="default: the first HDU holding an image")
     bands: list[int] | None = Field(
         None, description="plane indices of a 3-D cube: 1 (grey) or 3 (R, G, B)"
@@ -53,7 +61,28 @@ class FitsConfig(_Strict):
 
 
 class DecodeConfig(_Strict):
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(50_000_000, ge=64)
-    stretch: StretchConfig = Field(default_factory=StretchConfig)
-    fits: FitsConfig = Field(default_factory=FitsConfig)
+    """Limits checked before decoding, and how deep data becomes 8 bits.
+
+    The three limits bound what one input can cost: ``max_bytes`` is read, and the image its
+    header promises must fit ``max_pixels`` and ``max_decoded_bytes`` before any decoder runs.
+    """
+
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest encoded file or message, in bytes"
+    )
+    max_pixels: int = Field(
+        50_000_000, ge=64, description="largest image (width x height) a header may claim"
+    )
+    max_decoded_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description=(
+            "largest decoded array a header may promise, in bytes (width x height x bands x "
+            "bytes per sample, plus the decoder's own whole-image buffers); the conversion of "
+            "deep data to 8 bits takes a few times this at its peak"
+        ),
+    )
+    stretch: StretchConfig = Field(
+        default_factory=StretchConfig, description="16-bit and float data to 8 bits"
+    )
+    fits: FitsConfig = Field(default_factory=FitsConfig, description="FITS HDU and bands")

@@ -121,7 +121,8 @@ def test_fits_cube_needs_bands() -> None:
         (npy(RGB)[:-10], "truncated"),
         (fits_bytes(np.zeros((8, 8), np.float32))[:-100], "truncated"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40 + b"IEND\xaeB`\x82", "corrupt"),
-        (b"II*\x00" + b"\x07" * 64, "corrupt"),
+        (b"II*\x00" + b"\x07" * 64, "truncated"),
+        (b"II*\x00\x08\x00\x00\x00" + b"\x00" * 64, "corrupt"),
     ],
     ids=[
         "empty",
@@ -132,7 +133,8 @@ def test_fits_cube_needs_bands() -> None:
         "npy-cut",
         "fits-cut",
         "png-junk",
-        "tiff-junk",
+        "tiff-ifd-past-end",
+        "tiff-empty-ifd",
     ],
 )
 def test_bad_inputs(data: bytes, reason: str) -> None:
