@@ -1,0 +1,91 @@
+"""End to end with a real camera stack: indiserver's CCD simulator -> edge-agent -> Mosquitto.
+
+The simulator's directory mode serves our own uint16 FITS frames pixel for pixel (the stock
+simulator renders only stars from a catalogue Debian does not package); the agent drives the
+exposures itself and must publish for each the classification that bare ONNX Runtime gives
+for the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from agent_testkit import RunningAgent, agent_config, expected_probabilities, write_config
+from astropy.io import fits
+from indi_server import IndiServer, require_indiserver
+from mqtt_broker import Collector, MosquittoBroker
+
+from edge_agent.contract.decode import decode_file
+from edge_agent.contract.decode_config import DecodeConfig
+from edge_agent.sources.indi_protocol import IndiConnection, get_properties, new_vector
+
+pytestmark = pytest.mark.mqtt
+T = "galaxy-edge/dev1/"
+CCD = "CCD Simulator"
+
+
+def _point_simulator_at(port: int, folder: Path) -> None:
+    """What an observer does in Ekos: connect the devices and select directory mode."""
+    conn = IndiConnection("127.0.0.1", port, lambda e: None, max_blob_bytes=1 << 20)
+    try:
+        conn.send(get_properties())
+        for device in (CCD, "Telescope Simulator"):
+            conn.send(new_vector("Switch", device, "CONNECTION", [("CONNECT", "On")]))
+        conn.send(new_vector("Text", CCD, "CCD_DIRECTORY_LOCATION", [("LOCATION", str(folder))]))
+        conn.send(new_vector("Switch", CCD, "CCD_DIRECTORY_TOGGLE", [("INDI_ENABLED", "On")]))
+        for _ in range(10):
+            conn.pump(0.1)
+    finally:
+        conn.close()
+
+
+def test_indi_camera_exposures_are_classified_on_mqtt(
+    tmp_path: Path, tiny_bundle: Path, mosquitto: MosquittoBroker
+) -> None:
+    require_indiserver()
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:200, 0:240]
+    sky = 1200 + rng.normal(0, 30, (200, 240))
+    blob = 20000 * np.exp(-(((xx - 120) / 25.0) ** 2 + ((yy - 100) / 12.0) ** 2))
+    hdu = fits.PrimaryHDU(np.clip(sky + blob, 0, 65535).astype(np.uint16))
+    hdu.header["PIXSIZE1"] = 3.8
+    hdu.header["PIXSIZE2"] = 3.8
+    hdu.writeto(folder / "exposure.fits")
+    server = IndiServer(tmp_path / "indi")
+    server.workdir.mkdir()
+    server.start()
+    collector = Collector(mosquitto)
+    try:
+        _point_simulator_at(server.port, folder)
+        uri = f"indi://127.0.0.1:{server.port}/CCD%20Simulator"
+        cfg = agent_config(
+            tmp_path,
+            tiny_bundle,
+            mosquitto,
+            sources=[{"uri": uri, "name": "cam", "indi": {"exposure_s": 0.1, "interval_s": 0.2}}],
+        )
+        config_path = write_config(tmp_path / "agent.yaml", cfg)
+        with RunningAgent(config_path):
+
+            def two(_: object) -> bool:
+                return len(collector.on(T + "classifications")) >= 2
+
+            assert collector.wait_for(two, 60), (tmp_path / "indi" / "indiserver.log").read_text()
+    finally:
+        collector.close()
+        server.stop()
+    bodies = [json.loads(m.payload) for m in collector.on(T + "classifications")]
+    rgb = decode_file(folder / "exposure.fits", DecodeConfig())
+    probs = expected_probabilities(rgb, tiny_bundle)
+    refs = {b["frame_ref"] for b in bodies}
+    assert len(refs) == len(bodies)  # each exposure is its own frame
+    for body in bodies:
+        assert body["source"] == "cam"
+        assert body["frame_ref"].startswith(f"indi://127.0.0.1:{server.port}/CCD%20Simulator#CCD1@")
+        assert body["class_id"] == int(np.argmax(probs))
+        assert body["confidence"] == pytest.approx(float(np.max(probs)), abs=1e-5)
