@@ -3,8 +3,9 @@
 The gate must measure on images that calibration never saw, or a quantizer that overfits its
 calibration set would pass it. With one labelled set the split is a seeded permutation (the
 same set always splits the same way); with a separate ``--gate-data`` set the two are checked
-for shared files. Every image goes through the bundle's own preprocessing spec, so the
-quantizer's ranges are those of the inputs the device will feed.
+for shared files. Every file is decoded by the agent's decoder (through
+:func:`edge_agent.contract.labelled_data.open_labelled`) and goes through the bundle's own
+preprocessing spec, so the quantizer's ranges and the gate's images are those the device will feed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from build_engine.errors import CalibrationError
+from edge_agent.contract.decode_config import DecodeConfig
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.contract.labelled_data import LabelledImages, open_labelled
 from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_frame
@@ -35,14 +37,14 @@ class LabelledBatch:
         return len(self.labels)
 
 
-def _open(path: Path, limit: int | None, role: str) -> LabelledImages:
+def _open(path: Path, limit: int | None, role: str, decode: DecodeConfig | None) -> LabelledImages:
     path = Path(path)
     if not path.exists():
         raise CalibrationError(
             f"{path}: {role} data not found; pass a labels CSV, a class-folder tree or an .h5"
         )
     try:
-        return open_labelled(path, limit=limit)
+        return open_labelled(path, limit=limit, decode=decode)
     except GalaxyEdgeError as exc:
         raise CalibrationError(f"{role} data: {exc}") from exc
 
@@ -89,19 +91,23 @@ def load_calibration_and_gate(
     *,
     gate_path: Path | None = None,
     spec: PreprocessSpec = DEFAULT_SPEC,
+    decode: DecodeConfig | None = None,
 ) -> tuple[LabelledBatch, LabelledBatch]:
-    """Calibration and gate images: split from one set, or from two sets checked to be disjoint."""
+    """Calibration and gate images: split from one set, or from two sets checked to be disjoint.
+
+    ``decode`` reads the image files as the agent does (default: the agent's default settings).
+    """
     if calib_size < 1 or gate_size < 1:
         raise CalibrationError("--calib-size and --gate-size must be at least 1")
     if gate_path is None:
-        dataset = _open(calib_path, calib_size + gate_size, "calibration")
+        dataset = _open(calib_path, calib_size + gate_size, "calibration", decode)
         calib_pos, gate_pos = split_indices(len(dataset), calib_size, gate_size)
         source = str(calib_path)
         calib = _load(dataset, calib_pos, spec, f"{source} (split {SPLIT_SEED}, calibration part)")
         gate = _load(dataset, gate_pos, spec, f"{source} (split {SPLIT_SEED}, held-out part)")
         return calib, gate
-    calib_set = _open(calib_path, calib_size, "calibration")
-    gate_set = _open(gate_path, gate_size, "gate")
+    calib_set = _open(calib_path, calib_size, "calibration", decode)
+    gate_set = _open(gate_path, gate_size, "gate", decode)
     calib = _load(calib_set, np.arange(len(calib_set)), spec, str(calib_path))
     gate = _load(gate_set, np.arange(len(gate_set)), spec, str(gate_path))
     shared = set(calib.refs) & set(gate.refs)
@@ -113,7 +119,12 @@ def load_calibration_and_gate(
     return calib, gate
 
 
-def load_gate_only(path: Path, size: int, spec: PreprocessSpec = DEFAULT_SPEC) -> LabelledBatch:
+def load_gate_only(
+    path: Path,
+    size: int,
+    spec: PreprocessSpec = DEFAULT_SPEC,
+    decode: DecodeConfig | None = None,
+) -> LabelledBatch:
     """Labelled images for gating an FP16 build (no calibration involved)."""
-    dataset = _open(path, size, "gate")
+    dataset = _open(path, size, "gate", decode)
     return _load(dataset, np.arange(len(dataset)), spec, str(path))

@@ -6,6 +6,8 @@ with files relative to the CSV). Labels are always the OFFICIAL Galaxy10 DECaLS 
 is mapped through :func:`edge_agent.contract.classes.class_id`, never through its sort order.
 
 Torch-free on purpose: the edge device's calibration code reads the same sets without torch.
+Image files go through the agent's decoder (:mod:`edge_agent.contract.decode`), so every stage
+sees the same pixels for the same file, FITS and 16-bit data included.
 Images are read lazily (the h5 holds 3.5 GB of pixels); only their hashes are kept, to find
 pixel-identical images with conflicting labels, a known defect of the h5, which are excluded and
 counted rather than silently kept.
@@ -25,9 +27,12 @@ from typing import Any
 import numpy as np
 
 from edge_agent.contract.classes import CLASS_NAMES, NUM_CLASSES, class_id, class_name
+from edge_agent.contract.decode_config import DecodeConfig
 from edge_agent.contract.errors import GalaxyEdgeError, UnknownClassError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Which files of a class folder are images; what they hold is then read from their magic bytes.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES += (".fits", ".fit", ".fts", ".fz", ".npy")
 H5_SUFFIXES = (".h5", ".hdf5")
 _HASH_CHUNK = 256  # h5 images hashed per read: bounded memory, few I/O calls
 
@@ -36,18 +41,22 @@ class LabelledDataError(GalaxyEdgeError):
     """A labelled image set that cannot be read: the message names the file and the problem."""
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 H x W x 3 RGB; grey images get three equal bands."""
-    import cv2  # the runtime's decoder; imported here so that h5-only users never load it
+def read_image_rgb(path: Path, decode: DecodeConfig | None = None) -> np.ndarray:
+    """Decode an image file to uint8 H x W x 3 RGB with the agent's own decoder.
+
+    :func:`edge_agent.contract.decode.decode_file` (type from the magic bytes, header checks,
+    deep data stretched by ``decode.stretch``, FITS) with ``decode`` (default: the defaults the
+    agent uses), so training, calibration, the gate and ``evaluate`` see the pixels the device
+    sees for the same file.
+    """
+    from edge_agent.contract.decode import DecodeError, decode_file  # loads OpenCV: not for h5
 
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return decode_file(path, decode or DecodeConfig())
+    except DecodeError as exc:
+        raise LabelledDataError(f"{path}: not a readable image ({exc.reason}: {exc})") from exc
     except OSError as exc:
         raise LabelledDataError(f"{path}: cannot read image file ({exc.strerror})") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise LabelledDataError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return np.ascontiguousarray(image[:, :, ::-1])
 
 
 def pixel_hash(image: np.ndarray) -> str:
@@ -251,15 +260,17 @@ class FileImages(LabelledImages):
         limit: int | None,
         check_conflicts: bool,
         kind: str,
+        decode: DecodeConfig | None = None,
     ) -> None:
         super().__init__(path, limit)
         self.kind = kind
+        self.decode = decode or DecodeConfig()
         rows = _select(len(files), limit)
         chosen = [files[r] for r in rows]
         label_array = np.asarray([labels[r] for r in rows], dtype=np.int64)
         if check_conflicts and chosen:
             keep = self._exclude_conflicts(
-                [pixel_hash(read_image_rgb(f)) for f in chosen], label_array
+                [pixel_hash(read_image_rgb(f, self.decode)) for f in chosen], label_array
             )
             chosen, label_array = [chosen[k] for k in keep], label_array[keep]
         self.files = chosen
@@ -267,7 +278,11 @@ class FileImages(LabelledImages):
         self._check_not_empty()
 
     def _read(self, index: int) -> np.ndarray:
-        return read_image_rgb(self.files[index])
+        return read_image_rgb(self.files[index], self.decode)
+
+    def describe(self) -> dict[str, Any]:
+        """The summary of :meth:`LabelledImages.describe`, with the decoding settings used."""
+        return {**super().describe(), "decode": self.decode.model_dump(mode="json")}
 
     def ref(self, index: int) -> str:
         return str(self.files[index])
@@ -342,9 +357,15 @@ def _csv_listing(csv_path: Path) -> tuple[list[Path], list[int]]:
 
 
 def open_labelled(
-    path: Path | str, limit: int | None = None, check_conflicts: bool = True
+    path: Path | str,
+    limit: int | None = None,
+    check_conflicts: bool = True,
+    decode: DecodeConfig | None = None,
 ) -> LabelledImages:
     """Open a labelled set by what ``path`` is: an ``.h5`` file, a ``.csv`` file or a folder.
+
+    Image files are decoded as the agent decodes them, with ``decode`` (default: the agent's
+    defaults); the h5 holds decoded 8-bit pixels already.
 
     ``limit`` keeps that many items spread evenly over the set (for smoke runs and calibration).
     ``check_conflicts`` reads every image once to find pixel-identical images with different
@@ -360,10 +381,10 @@ def open_labelled(
         )
     if path.is_dir():
         files, labels = _folder_listing(path)
-        return FileImages(path, files, labels, limit, check_conflicts, "folder")
+        return FileImages(path, files, labels, limit, check_conflicts, "folder", decode)
     if suffix == ".csv":
         files, labels = _csv_listing(path)
-        return FileImages(path, files, labels, limit, check_conflicts, "csv")
+        return FileImages(path, files, labels, limit, check_conflicts, "csv", decode)
     raise LabelledDataError(
         f"{path}: unsupported labelled data (expected an .h5 file, a labels .csv or a folder)"
     )
