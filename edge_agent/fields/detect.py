@@ -39,6 +39,7 @@ class Detections:
     segmap: np.ndarray  # int32 H x W: 1 + index of the source owning a pixel, 0 for sky
     subtracted: np.ndarray  # bands x H x W float32, background subtracted, NaNs set to 0
     background: np.ndarray  # bands x H x W float32, the subtracted background
+    image: np.ndarray  # H x W float32 detection image (mean of the subtracted bands)
     rms: float  # global background RMS of the detection image
     nan_pixels: int
 
@@ -106,9 +107,9 @@ def detect(data: np.ndarray, settings: FieldsConfig) -> Detections:
         rms = _robust_rms(sky)
         if not np.isfinite(rms) or rms <= 0:  # a constant frame: no noise, nothing to detect
             empty = np.zeros(0, dtype=sep.extract(np.zeros((8, 8), np.float32), 1.0).dtype)
+            segmap = np.zeros(det.shape, np.int32)
             return Detections(
-                empty, np.zeros(0), np.zeros(det.shape, np.int32), subtracted, background, 0.0,
-                nan_pixels,
+                empty, np.zeros(0), segmap, subtracted, background, det, 0.0, nan_pixels
             )
         catalog, segmap = _extract(det, mask, rms, settings)
         if len(catalog) > settings.max_sources:
@@ -117,7 +118,7 @@ def detect(data: np.ndarray, settings: FieldsConfig) -> Detections:
                 f"{len(catalog)} sources detected, above fields.max_sources={settings.max_sources}",
             )
         r50 = half_light_radius(det, catalog)
-    return Detections(catalog, r50, segmap, subtracted, background, rms, nan_pixels)
+    return Detections(catalog, r50, segmap, subtracted, background, det, rms, nan_pixels)
 
 
 def _robust_rms(values: np.ndarray) -> float:
@@ -127,6 +128,24 @@ def _robust_rms(values: np.ndarray) -> float:
         flat = flat[:: flat.size // 2_000_000]
     med = float(np.median(flat))
     return 1.4826 * float(np.median(np.abs(flat - med)))
+
+
+def nucleus_positions(image: np.ndarray, catalog: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed centroids (Source Extractor's XWIN) started at each source's filtered peak.
+
+    With a window of the PSF's size this converges on the nucleus, the position a catalogue (and
+    a Galaxy10 cut-out) is centred on; the isophotal barycentre of a disturbed or lopsided galaxy
+    can lie several pixels away from it.
+    """
+    if len(catalog) == 0:
+        return np.zeros(0), np.zeros(0)
+    x0 = catalog["xcpeak"].astype(float)
+    y0 = catalog["ycpeak"].astype(float)
+    x, y, flag = sep.winpos(image, x0, y0, np.full(len(catalog), max(sigma, 0.5)))
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    bad = ~np.isfinite(x) | ~np.isfinite(y) | (np.hypot(x - x0, y - y0) > 3.0 * max(sigma, 1.0))
+    x[bad], y[bad] = x0[bad], y0[bad]
+    return x, y
 
 
 def half_light_radius(image: np.ndarray, catalog: np.ndarray) -> np.ndarray:

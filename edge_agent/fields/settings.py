@@ -8,6 +8,8 @@ Defaults come from measurements, recorded in docs/wide-fields.md:
 - ``reference_p99``: the 99th percentile of the survey-weighted intensity of those cut-outs,
   sky subtracted, recovered by inverting the survey's colour composition: median 0.26
   (10th-90th percentile 0.12-0.61). The automatic flux scale aims for it.
+- ``min_snr``: on those frames the noise peaks that pass the size cuts have a signal-to-noise
+  ratio of 15 (median) to 65 (90th percentile); the faintest pasted Galaxy10 galaxy has 636.
 - ``star_r50_factor``, ``sharp_r50_factor``, ``min_axis_ratio``: chosen on the synthetic frames
   of tests/edge_agent/fields (stars with Gaussian and Moffat PSFs against real galaxies).
 """
@@ -66,6 +68,9 @@ class FieldsConfig(BaseModel):
     )
     min_axis_ratio: float = Field(
         0.12, ge=0, le=1, description="b/a under this: an artefact (satellite trail, bad column)"
+    )
+    min_snr: float = Field(
+        100.0, ge=0, description="isophotal signal-to-noise under this: too faint to classify"
     )
     reject_edge: bool = Field(True, description="drop sources cut by the frame's edge")
     saturation: float | None = Field(
