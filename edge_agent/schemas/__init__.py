@@ -82,8 +82,9 @@ def closed_schema(schema: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict):
             if "properties" in node and "additionalProperties" not in node:
                 node.setdefault("unevaluatedProperties", False)
-            for value in node.values():
-                close(value)
+            for key, value in node.items():
+                if key not in ("if", "not"):  # conditions, not descriptions of the payload
+                    close(value)
         elif isinstance(node, list):
             for value in node:
                 close(value)
