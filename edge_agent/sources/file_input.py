@@ -72,7 +72,8 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     Raises :class:`NotRegularFileError` for anything else (never opened when ``lstat`` already
     says so, never read when the opened descriptor says so), :class:`DecodeError` ``oversized``
     for a file above ``max_bytes`` (checked before reading, and while reading for a file that
-    is still growing), ``OSError`` when the file vanished or cannot be read.
+    is still growing), ``OSError`` when the file vanished, was replaced by another regular file
+    (which comes as an input of its own) or cannot be read.
     """
     before = os.lstat(path)
     refuse_unless_regular(path, before)
@@ -84,15 +85,15 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
         raise
     try:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
-            before.st_dev,
-            before.st_ino,
-        ):
+        if not stat.S_ISREG(opened.st_mode):
             raise NotRegularFileError(
                 path,
                 f"{describe_mode(opened.st_mode)} swapped in between the check and the open",
                 is_directory=stat.S_ISDIR(opened.st_mode),
             )
+        if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            # Another regular file renamed over it: that one is a new input with its own event.
+            raise FileNotFoundError(errno.ENOENT, "replaced while being opened", str(path))
         if opened.st_size > max_bytes:
             raise DecodeError(
                 "oversized", f"{opened.st_size} bytes, above decode.max_bytes={max_bytes}"

@@ -45,6 +45,7 @@ class FolderPipeline:
         tmp: Path,
         bundle: Path,
         backend: Backend | None = None,
+        formats: tuple[str, ...] = ("png",),
         **overrides: Any,
     ) -> None:
         self.config = AgentConfig.model_validate(agent_config(tmp, bundle, None, **overrides))
@@ -65,7 +66,7 @@ class FolderPipeline:
             self.stats,
         )
         self.source = DirectorySource(
-            "inbox", self.hub.queue("inbox", 64, "block"), ("png",), self.inbox, self.ledger
+            "inbox", self.hub.queue("inbox", 64, "block"), formats, self.inbox, self.ledger
         )
 
     def __enter__(self) -> FolderPipeline:

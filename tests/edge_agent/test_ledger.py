@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import os
+import sqlite3
 from pathlib import Path
 
-from edge_agent.ledger import FileKey, Ledger
+import pytest
+
+from edge_agent.ledger import Entry, FileKey, Ledger, LedgerError
 
 
 def test_seen_done_pending_survive_reopen(tmp_path: Path) -> None:
@@ -39,3 +43,75 @@ def test_forget_gone_keeps_files_still_there(tmp_path: Path) -> None:
     gone.unlink()
     assert ledger.forget_gone(older_than_s=0.0) == 1
     assert ledger.state(FileKey.of(kept)) == "done"
+
+
+def test_attempts_count_only_unfinished_processing(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    a, b = FileKey("/in/a.png", 10, 1), FileKey("/in/b.png", 20, 2)
+    ledger = Ledger(db)
+    ledger.mark_seen(a)
+    ledger.mark_seen(b)
+    assert ledger.entry(a) == Entry("seen", 0)
+    ledger.begin_attempt(a)
+    ledger.begin_attempt(a)
+    ledger.begin_attempt(b)
+    ledger.mark_done([b])
+    ledger.begin_attempt(b)  # a done file is not counted again
+    ledger.close()
+    ledger = Ledger(db)  # a restart: a's two attempts never finished, b's did
+    entry_a, entry_b = ledger.entry(a), ledger.entry(b)
+    assert entry_a == Entry("seen", 2) and entry_a.interrupted == 2
+    assert entry_b == Entry("done", 1) and entry_b.interrupted == 0
+    assert ledger.entry(FileKey("/in/new.png", 1, 1)) is None
+    ledger.close()
+
+
+def test_rejected_is_an_end_state_and_forgotten_when_gone(tmp_path: Path) -> None:
+    left = tmp_path / "left.png"
+    left.write_bytes(b"x")
+    ledger = Ledger(tmp_path / "l.db")
+    key = FileKey.of(left)
+    ledger.mark_seen(key)
+    ledger.mark_rejected(key)
+    assert ledger.state(key) == "rejected" and ledger.pending() == []
+    assert ledger.forget_gone(older_than_s=0.0) == 0  # still there: kept, not retried
+    left.unlink()
+    assert ledger.forget_gone(older_than_s=0.0) == 1
+
+
+def test_a_ledger_of_the_previous_schema_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE files (path TEXT NOT NULL, size INTEGER NOT NULL, "
+        "mtime_ns INTEGER NOT NULL, state TEXT NOT NULL CHECK (state IN ('seen', 'done')), "
+        "seen_at REAL NOT NULL, done_at REAL, PRIMARY KEY (path, size, mtime_ns))"
+    )
+    con.execute("INSERT INTO files VALUES ('/in/a.png', 1, 1, 'done', 1.0, 2.0)")
+    con.execute("INSERT INTO files VALUES ('/in/b.png', 2, 2, 'seen', 1.0, NULL)")
+    con.commit()
+    con.close()
+    ledger = Ledger(db)
+    assert ledger.entry(FileKey("/in/a.png", 1, 1)) == Entry("done", 0)
+    assert ledger.entry(FileKey("/in/b.png", 2, 2)) == Entry("seen", 0)
+    ledger.mark_rejected(FileKey("/in/b.png", 2, 2))  # the new state is allowed
+    ledger.close()
+    assert Ledger(db).state(FileKey("/in/b.png", 2, 2)) == "rejected"
+
+
+def test_a_ledger_from_a_newer_agent_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "new.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA user_version=99")
+    con.close()
+    with pytest.raises(LedgerError, match="newer than this agent"):
+        Ledger(db)
+
+
+def test_key_of_a_link_is_the_link_itself(tmp_path: Path) -> None:
+    target = tmp_path / "big"
+    target.write_bytes(b"0123456789")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    key = FileKey.of(link)
+    assert key.size == os.lstat(link).st_size != 10
