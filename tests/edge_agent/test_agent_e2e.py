@@ -70,7 +70,9 @@ def test_folder_to_mqtt_exact_payloads(
         stats = [json.loads(m.payload) for m in collector.on(T + "stats")][-1]
         assert stats["frames"] == {"in": 6, "out": 6, "errors": 0}
         assert stats["frames_dropped"] == {"inbox": 0} and stats["queue_depth"] == 0
-        assert set(stats["latency_ms"]["total"]) == {"p50", "p99"}
+        assert set(stats["latency_ms"]) <= {"decode", "queue", "preprocess", "infer", "total"}
+        assert all(set(p) == {"p50", "p99", "max"} for p in stats["latency_ms"].values())
+        assert stats["interval_s"] <= 1.5  # stats_interval_s 0.5: rates cover the interval
         assert collector.on(T + "stats")[-1].qos == 0
         status = [json.loads(m.payload) for m in collector.on(T + "status")]
     finally:
@@ -82,12 +84,10 @@ def test_folder_to_mqtt_exact_payloads(
         probs = expected_probabilities(rgb, tiny_bundle)
         best = int(np.argmax(probs))
         assert msg["class_id"] == best and msg["label"] == CLASS_NAMES[best]
-        assert set(msg["probabilities"]) == set(CLASS_NAMES)
-        published = [msg["probabilities"][n] for n in CLASS_NAMES]
-        np.testing.assert_allclose(published, probs, atol=2e-6)
+        np.testing.assert_allclose(msg["probabilities"], probs, atol=2e-6)  # class-id order
         assert msg["confidence"] == pytest.approx(probs[best], abs=2e-6)
         assert msg["uncertain"] == (probs[best] < 0.5)
-        ref = f"inbox|{msg['frame_ref']}|{model_sha}"
+        ref = f"dev1|inbox|{msg['frame_ref']}|{model_sha}"
         assert msg["id"] == hashlib.sha256(ref.encode()).hexdigest()[:32]
         assert msg["model"] == {"name": "tiny-test", "sha256": model_sha, "precision": "fp32"}
         assert set(msg["latency_ms"]) == {"decode", "queue", "preprocess", "infer", "total"}
@@ -189,8 +189,9 @@ def test_mqtt_frames_source(tmp_path: Path, tiny_bundle: Path, mosquitto: Mosqui
         collector.close()
     (msg,) = classifications(collector)
     assert msg["frame_ref"] == "rx-42" and msg["metadata"] == {"antenna": "west"}
-    published = [msg["probabilities"][n] for n in CLASS_NAMES]
-    np.testing.assert_allclose(published, expected_probabilities(rgb, tiny_bundle), atol=2e-6)
+    np.testing.assert_allclose(
+        msg["probabilities"], expected_probabilities(rgb, tiny_bundle), atol=2e-6
+    )
     err = json.loads(collector.on(T + "errors")[0].payload)
     assert err["reason"] == "wrong_type" and Path(err["quarantined_to"]).read_bytes() == b"garbage"
 
