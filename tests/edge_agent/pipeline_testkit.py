@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from agent_testkit import agent_config
 
-from edge_agent.backends.base import Backend
+from edge_agent.backends.base import Backend, BatchResult
 from edge_agent.backends.factory import create_backend
 from edge_agent.config import AgentConfig
 from edge_agent.contract.manifest import load_bundle
+from edge_agent.contract.preprocess import ChannelOrder
 from edge_agent.ledger import Ledger
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline
@@ -102,3 +105,33 @@ class FolderPipeline:
             f"waited for {classified} classifications and {errors} errors; have "
             f"{sorted(self.by_name('classifications'))} and {sorted(self.by_name('errors'))}"
         )
+
+
+class DeclaresNoDevicePreprocessing(Backend):
+    """Overrides infer_frames (like the TensorRT backend) but has no kernels for this bundle."""
+
+    name = "declared-cpu"
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner.bundle_dir, inner.manifest)
+        self.inner = inner
+        self.batches: list[np.ndarray] = []
+        self.frame_calls = 0
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(batch)
+        return self.inner.infer(batch)
+
+    def infer_frames(
+        self, frames: Sequence[np.ndarray], frame_order: ChannelOrder = "RGB"
+    ) -> BatchResult:
+        self.frame_calls += 1
+        return super().infer_frames(frames, frame_order)
+
+
+class DeclaresDevicePreprocessing(DeclaresNoDevicePreprocessing):
+    name = "declared-device"
+
+    @property
+    def preprocesses_on_device(self) -> bool:
+        return True

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from agent_testkit import drop_file, galaxy_like
-from pipeline_testkit import FolderPipeline
+from pipeline_testkit import (
+    DeclaresDevicePreprocessing,
+    DeclaresNoDevicePreprocessing,
+    FolderPipeline,
+)
 
 from edge_agent import pipeline as pipeline_module
-from edge_agent.backends.base import Backend, BackendError, BatchResult
+from edge_agent.backends.base import BackendError
 from edge_agent.backends.factory import create_backend
 from edge_agent.contract.manifest import load_bundle
-from edge_agent.contract.preprocess import ChannelOrder
 from edge_agent.pipeline import resolve_preprocess_device
 
 
@@ -78,36 +80,6 @@ def test_any_exception_while_decoding_rejects_that_frame_only(
         "ZeroDivisionError",
         "error",
     ]
-
-
-class DeclaresNoDevicePreprocessing(Backend):
-    """Overrides infer_frames (like the TensorRT backend) but has no kernels for this bundle."""
-
-    name = "declared-cpu"
-
-    def __init__(self, inner: Backend) -> None:
-        super().__init__(inner.bundle_dir, inner.manifest)
-        self.inner = inner
-        self.batches: list[np.ndarray] = []
-        self.frame_calls = 0
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.batches.append(batch)
-        return self.inner.infer(batch)
-
-    def infer_frames(
-        self, frames: Sequence[np.ndarray], frame_order: ChannelOrder = "RGB"
-    ) -> BatchResult:
-        self.frame_calls += 1
-        return super().infer_frames(frames, frame_order)
-
-
-class DeclaresDevicePreprocessing(DeclaresNoDevicePreprocessing):
-    name = "declared-device"
-
-    @property
-    def preprocesses_on_device(self) -> bool:
-        return True
 
 
 @pytest.mark.parametrize(
