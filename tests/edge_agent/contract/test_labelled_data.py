@@ -10,8 +10,12 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from astropy.io import fits
+from image_bombs import tiff
 
 from edge_agent.contract.classes import CLASSES, class_id
+from edge_agent.contract.decode import decode_file
+from edge_agent.contract.decode_config import DecodeConfig, StretchConfig
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.contract.labelled_data import LabelledDataError, open_labelled
 
@@ -229,3 +233,28 @@ def test_sample_folders_agree_with_the_official_ids_of_labels_csv() -> None:
         for i in range(len(csv_set))
     }
     assert from_folder == from_csv == by_file
+
+
+def test_files_are_read_with_the_given_decoding_settings(tmp_path: Path) -> None:
+    """The reader is the agent's decoder: a run's ``decode`` settings reach it and are reported."""
+    ramp = np.linspace(100, 900, 16 * 16).reshape(16, 16).astype(np.uint16)
+    path = tmp_path / "round-smooth" / "deep.png"
+    path.parent.mkdir(parents=True)
+    assert cv2.imwrite(str(path), ramp)
+    fits.PrimaryHDU(ramp.astype(np.float32)).writeto(tmp_path / "round-smooth" / "deep.fits")
+    linear = DecodeConfig(stretch=StretchConfig(method="linear"))
+    data = open_labelled(tmp_path, decode=linear, check_conflicts=False)
+    assert len(data) == 2  # FITS files are labelled images too
+    for i in range(2):
+        expected = decode_file(Path(data.ref(i)), linear)
+        np.testing.assert_array_equal(data[i][0], expected)
+        assert not np.array_equal(expected, decode_file(Path(data.ref(i)), DecodeConfig()))
+    assert data.describe()["decode"]["stretch"]["method"] == "linear"
+
+
+def test_a_hostile_file_is_a_labelled_data_error_with_the_reason(tmp_path: Path) -> None:
+    bomb = tmp_path / "merging" / "bomb.tif"
+    bomb.parent.mkdir(parents=True)
+    bomb.write_bytes(tiff(100_000, 100_000))
+    with pytest.raises(LabelledDataError, match=r"bomb\.tif: not a readable image \(oversized"):
+        open_labelled(tmp_path)
