@@ -107,6 +107,7 @@ class CatalogueWriter:
         self._queue: queue.Queue[_Incoming] = queue.Queue()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._generation = 0
         self._thread: threading.Thread | None = None
         self._store: Store | None = None
@@ -129,8 +130,9 @@ class CatalogueWriter:
         self._thread = threading.Thread(target=self._work, name="catalogue-writer", daemon=True)
         self._thread.start()
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the broker has acknowledged this connection's subscriptions."""
+        return self._subscribed.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write and acknowledge what was received, then DISCONNECT (the session is kept)."""
@@ -158,6 +160,7 @@ class CatalogueWriter:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(
@@ -185,8 +188,20 @@ class CatalogueWriter:
         )
         self._connected.set()
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], *a: Any
+    ) -> None:
+        failed = [str(c) for c in codes if c.is_failure]
+        if failed:
+            self.counters.last_error = f"broker refused subscriptions: {', '.join(failed)}"
+            log.error("%s", self.counters.last_error)
+        else:
+            log.info("%s subscribed to %s", self.settings.broker.client_id, self.prefix)
+        self._subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, *args: Any) -> None:
         self._connected.clear()
+        self._subscribed.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._queue.put(

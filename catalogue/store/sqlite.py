@@ -64,7 +64,9 @@ class SqliteStore(Store):
         try:
             if self.path.parent:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level="DEFERRED")
+            self._db = sqlite3.connect(
+                str(self.path), timeout=30.0, isolation_level="DEFERRED", check_same_thread=False
+            )  # handed from the thread that opens it to the one that writes, never shared
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a committed batch survives a crash of the writer (not of the
             # OS, whose last transactions may roll back; the broker redelivers those only
