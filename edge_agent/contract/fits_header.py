@@ -35,7 +35,7 @@ def read_hdus(data: bytes) -> list[FitsHdu]:
     hdus: list[FitsHdu] = []
     pos = 0
     while pos < len(data):
-        if pos > 0 and not data[pos:].startswith(b"XTENSION"):
+        if pos > 0 and not data.startswith(b"XTENSION", pos):
             break  # trailing bytes that are no extension: astropy ignores them too
         cards, data_start = _cards(data, pos)
         hdu, data_bytes = _describe(len(hdus), cards, data_start)

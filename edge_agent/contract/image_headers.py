@@ -79,7 +79,7 @@ def png_header(data: bytes) -> ImageHeader:
                 f"PNG chunk {kind.decode()} at byte {pos} claims {length} bytes; "
                 f"only {n - pos - 12} are present",
             )
-        body = data[pos + 8 : pos + 8 + length]
+        body = data[pos + 8 : pos + 8 + min(length, 20)]  # the fields read below, no more
         if header is None:
             if kind != b"IHDR" or length != 13:
                 raise DecodeError("corrupt", "PNG whose first chunk is not a 13-byte IHDR")
