@@ -442,8 +442,8 @@ def test_real_payloads_of_a_running_agent_match_their_schemas(
 
     # stats: per interval; the intervals are consecutive and add up to the totals.
     stats = _bodies(collector, "stats")
-    assert all(0 < s["interval_s"] < 5 for s in stats)
-    assert all(s["interval_s"] < s["uptime_s"] for s in stats[1:])
+    assert all(s["interval_s"] > 0 for s in stats)
+    assert all(s["interval_s"] < min(10.0, s["uptime_s"]) for s in stats[1:])  # not since start
     busy = [s for s in stats if s["interval_frames"]["out"] > 0]
     assert busy and all(set(s["latency_ms"]["total"]) == {"p50", "p99", "max"} for s in busy)
     for s in busy:
