@@ -172,10 +172,10 @@ class PipelineConfig(_Strict):
         2,
         ge=1,
         le=100,
-        description="a watched file whose processing was interrupted this many times (the agent "
-        "died or was killed while decoding or classifying it) is quarantined as 'poison' at the "
-        "next start instead of being tried again; 1 also quarantines the files in flight during "
-        "a single unrelated crash",
+        description="a watched file the agent died in this many times while decoding it (a "
+        "crash, or the watchdog killing a hung decoder) is quarantined as 'poison' at the next "
+        "start instead of being tried again; 1 also quarantines the one file being decoded "
+        "during a single unrelated crash",
     )
 
 

@@ -4,10 +4,12 @@ A file is keyed by (path, size, mtime): a file replaced in place under the same 
 input. ``seen`` is recorded when a file is picked up and ``done`` only after its result (or its
 ``errors`` message) is in the durable outbox, so a crash between the two replays the file on the
 next start: at-least-once, with the stable classification id letting consumers deduplicate.
-Each time the pipeline begins to decode a file its ``attempts`` count goes up (before the first
-byte is read), so a file that keeps killing the agent is recognised at the next start: attempts
-that never reached ``done`` were interrupted. ``rejected`` is the end state of a file that was
-rejected but could not be quarantined (left in place, not retried until it changes).
+A file's ``interrupted`` count goes up when the pipeline begins to decode it (committed before
+the first byte is read) and down again when decoding ends, whatever the outcome: what is left at
+the next start counts the decodes the agent died in, so a file that keeps killing the agent is
+recognised (frames merely queued or batched when an operator stops the agent do not count).
+``rejected`` is the end state of a file that was rejected but could not be quarantined (left in
+place, not retried until it changes).
 SQLite in WAL mode, one connection shared by the threads behind a lock.
 """
 
@@ -49,12 +51,12 @@ CREATE TABLE IF NOT EXISTS files (
     state TEXT NOT NULL CHECK (state IN ('seen', 'done', 'rejected')),
     seen_at REAL NOT NULL,
     done_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+    interrupted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (path, size, mtime_ns)
 )
 """
 SCHEMA_VERSION = 1
-# Version 0 (before attempts were counted) had no attempts column and no 'rejected' state: the
+# Version 0 (before interrupted decodes were counted) had no interrupted column and no 'rejected' state: the
 # table is rebuilt once, keeping its rows.
 _MIGRATE_0_TO_1 = (
     "ALTER TABLE files RENAME TO files_v0",
@@ -67,15 +69,11 @@ _MIGRATE_0_TO_1 = (
 
 @dataclass(frozen=True)
 class Entry:
-    """What the ledger knows of one file: its state and how often its processing began."""
+    """What the ledger knows of one file: its state, and how many decodes of it never ended
+    (the agent died while decoding it)."""
 
     state: str
-    attempts: int
-
-    @property
-    def interrupted(self) -> int:
-        """Attempts that never finished: the agent died while processing the file."""
-        return self.attempts if self.state == "seen" else 0
+    interrupted: int
 
 
 class Ledger:
@@ -123,10 +121,10 @@ class Ledger:
         self._db.execute("COMMIT")
 
     def entry(self, key: FileKey) -> Entry | None:
-        """The file's state and attempts, or ``None`` when it was never seen."""
+        """The file's state and interrupted decodes, or ``None`` when it was never seen."""
         with self._lock:
             row = self._db.execute(
-                "SELECT state, attempts FROM files WHERE path=? AND size=? AND mtime_ns=?",
+                "SELECT state, interrupted FROM files WHERE path=? AND size=? AND mtime_ns=?",
                 (key.path, key.size, key.mtime_ns),
             ).fetchone()
         return None if row is None else Entry(str(row[0]), int(row[1]))
@@ -136,12 +134,21 @@ class Ledger:
         entry = self.entry(key)
         return None if entry is None else entry.state
 
-    def begin_attempt(self, key: FileKey) -> None:
-        """Count one more attempt at processing ``key`` (committed before it is read)."""
+    def begin_decode(self, key: FileKey) -> None:
+        """``key`` is about to be read and decoded (committed before the first byte is read)."""
         with self._lock:
             self._db.execute(
-                "UPDATE files SET attempts = attempts + 1 "
+                "UPDATE files SET interrupted = interrupted + 1 "
                 "WHERE path=? AND size=? AND mtime_ns=? AND state='seen'",
+                (key.path, key.size, key.mtime_ns),
+            )
+
+    def end_decode(self, key: FileKey) -> None:
+        """Decoding ``key`` ended (a frame, or a rejection): the agent survived it."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE files SET interrupted = interrupted - 1 "
+                "WHERE path=? AND size=? AND mtime_ns=? AND interrupted > 0",
                 (key.path, key.size, key.mtime_ns),
             )
 

@@ -34,6 +34,7 @@ from edge_agent.results import classify
 from edge_agent.sources.base import Frame, FrameHub
 from edge_agent.sources.file_input import NotRegularFileError, read_regular_file
 from edge_agent.stats import Stats
+from edge_agent.thumbnails import thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 # Rejection reasons of the pipeline itself (the decoder's are in edge_agent.contract.decode).
@@ -128,6 +129,7 @@ class Pipeline:
         self.topic_results = payloads.topic(prefix, device, "classifications")
         self.topic_errors = payloads.topic(prefix, device, "errors")
         self.qos = config.mqtt.qos
+        self.thumbnails = config.mqtt.thumbnails
 
     def swap(self, config: AgentConfig, backend: Backend) -> Backend:
         """Use a new config and backend from the next batch on; returns the old backend.
@@ -239,9 +241,9 @@ class Pipeline:
         """Decode and preprocess one frame; a bad one is rejected here (``None``).
 
         Whatever decoding or preprocessing raises rejects this frame only: the pipeline goes on.
-        An input whose earlier attempts were interrupted ``poison_after_attempts`` times (the
-        agent died while processing it) is quarantined unread; any other input counts its
-        attempt (``frame.start()``, durable in the dir source's ledger) before it is read.
+        An input the agent already died in ``poison_after_attempts`` times while decoding it is
+        quarantined unread; any other is read between ``frame.decoding()`` and
+        ``frame.decoded()`` (the dir source's ledger counts decodes that never ended).
         """
         if frame.interrupted >= self.pcfg.poison_after_attempts:
             self.reject(
@@ -251,7 +253,13 @@ class Pipeline:
                 "quarantined unread (pipeline.poison_after_attempts)",
             )
             return None
-        frame.start()
+        frame.decoding()
+        try:
+            return self._decode(frame)
+        finally:
+            frame.decoded()
+
+    def _decode(self, frame: Frame) -> Prepared | None:
         t0 = time.perf_counter()
         dcfg = self.config.decode
         formats = frame.formats or ALL_FORMATS
@@ -399,6 +407,12 @@ class Pipeline:
             if batch:
                 self.run_batch(batch)
 
+    def _thumbnail(self, image: np.ndarray, result_id: str) -> PendingMessage:
+        prefix = self.config.mqtt.topic_prefix
+        jpeg = thumbnail_jpeg(image, self.thumbnails.size, self.thumbnails.quality)
+        thumb_topic = payloads.thumbnail_topic(prefix, self.device_id, result_id)
+        return PendingMessage(thumb_topic, jpeg, self.qos, f"{result_id}/thumbnail")
+
     def run_batch(self, batch: list[Prepared]) -> None:
         start = time.perf_counter()
         pre_s = 0.0
@@ -443,6 +457,8 @@ class Pipeline:
             messages.append(
                 PendingMessage(self.topic_results, payloads.to_bytes(body), self.qos, body["id"])
             )
+            if self.thumbnails.enabled:  # same transaction as its result: at-least-once too
+                messages.append(self._thumbnail(p.image, body["id"]))
         self.outbox.put_many(messages)
         for p in batch:
             p.frame.done()

@@ -37,10 +37,11 @@ class Frame:
     time so a full queue costs no memory), ``image`` an already decoded RGB uint8 array (cameras).
     ``on_done`` is called exactly once, after the frame's result is durably in the outbox (or
     after it was dropped or quarantined): the dir source marks its ledger, MQTT sends PUBACK.
-    ``on_start`` is called when the pipeline begins to decode the frame (the dir source counts
-    the attempt in its ledger before the first byte is read), and ``interrupted`` says how many
-    earlier attempts at this very input never finished (the agent died while processing it):
-    the pipeline quarantines an input that keeps killing the agent instead of trying it again.
+    ``on_decoding`` is called when the pipeline begins to decode the frame and ``on_decoded``
+    when decoding ended, whatever the outcome (the dir source keeps count in its ledger, durable
+    before the first byte is read); ``interrupted`` says how many earlier decodes of this very
+    input never ended (the agent died in them): the pipeline quarantines an input that keeps
+    killing the agent instead of trying it again.
     ``on_left`` is called instead of ``on_done`` for an input that was rejected but could not be
     quarantined (the quarantine's file system is full): the dir source marks it so it is not
     retried for ever; without it the input stays un-done and is retried at the next start.
@@ -56,14 +57,21 @@ class Frame:
     formats: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     on_done: Callable[[], None] | None = None
-    on_start: Callable[[], None] | None = None
+    on_decoding: Callable[[], None] | None = None
+    on_decoded: Callable[[], None] | None = None
     on_left: Callable[[], None] | None = None
     interrupted: int = 0
     dequeued_mono: float = 0.0
 
-    def start(self) -> None:
-        """The pipeline begins to process this frame (called at most once)."""
-        callback, self.on_start = self.on_start, None
+    def decoding(self) -> None:
+        """The pipeline begins to read and decode this frame (at most once)."""
+        callback, self.on_decoding = self.on_decoding, None
+        if callback is not None:
+            callback()
+
+    def decoded(self) -> None:
+        """Decoding this frame ended, with an image or a rejection (at most once)."""
+        callback, self.on_decoded = self.on_decoded, None
         if callback is not None:
             callback()
 

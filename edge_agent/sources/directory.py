@@ -11,8 +11,8 @@ The watchdog thread only records paths; a feeder thread waits on the bounded que
 Entries that are not regular files (symbolic links, FIFOs, devices, sockets, folders) are
 offered too, as soon as they appear, so the pipeline refuses them with an ``errors`` message
 (:mod:`edge_agent.sources.file_input` reads without following links or opening them). Each
-frame carries how many earlier attempts at the file were interrupted (from the ledger) and
-counts its own attempt in the ledger when the pipeline starts on it.
+frame carries how many earlier decodes of the file never ended (from the ledger: the agent
+died in them), and keeps that count in the ledger while the pipeline decodes it.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ class DirectorySource(Source):
                 path=path,
                 formats=self.formats,
                 on_done=functools.partial(self._done, key),
-                on_start=functools.partial(self.ledger.begin_attempt, key),
+                on_decoding=functools.partial(self.ledger.begin_decode, key),
+                on_decoded=functools.partial(self.ledger.end_decode, key),
                 on_left=functools.partial(self._left, key),
                 interrupted=0 if entry is None else entry.interrupted,
             )

@@ -3,7 +3,7 @@
 Test-only (run as a script by tests/edge_agent/test_poison_input.py, never imported by the
 agent). The agent is the real one; only :func:`edge_agent.pipeline.read_regular_file` is wrapped
 so that the file named ``HANG_NAME`` never finishes: the hook writes ``MARKER`` (the file is in
-flight, its attempt counted in the ledger) and sleeps, so the test can SIGKILL the process with
+flight, its decode counted in the ledger) and sleeps, so the test can SIGKILL the process with
 that file certainly in flight, as the watchdog would kill an agent wedged in a decoder bug.
 
 Usage: python hanging_input_agent.py HANG_NAME MARKER edge-agent-arguments...

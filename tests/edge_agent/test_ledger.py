@@ -45,23 +45,25 @@ def test_forget_gone_keeps_files_still_there(tmp_path: Path) -> None:
     assert ledger.state(FileKey.of(kept)) == "done"
 
 
-def test_attempts_count_only_unfinished_processing(tmp_path: Path) -> None:
+def test_decodes_that_never_ended_are_counted_across_restarts(tmp_path: Path) -> None:
     db = tmp_path / "l.db"
     a, b = FileKey("/in/a.png", 10, 1), FileKey("/in/b.png", 20, 2)
     ledger = Ledger(db)
     ledger.mark_seen(a)
     ledger.mark_seen(b)
     assert ledger.entry(a) == Entry("seen", 0)
-    ledger.begin_attempt(a)
-    ledger.begin_attempt(a)
-    ledger.begin_attempt(b)
-    ledger.mark_done([b])
-    ledger.begin_attempt(b)  # a done file is not counted again
+    ledger.begin_decode(a)  # the agent dies in it ...
     ledger.close()
-    ledger = Ledger(db)  # a restart: a's two attempts never finished, b's did
-    entry_a, entry_b = ledger.entry(a), ledger.entry(b)
-    assert entry_a == Entry("seen", 2) and entry_a.interrupted == 2
-    assert entry_b == Entry("done", 1) and entry_b.interrupted == 0
+    ledger = Ledger(db)
+    ledger.begin_decode(a)  # ... and again after a restart
+    ledger.begin_decode(b)
+    ledger.end_decode(b)  # b decoded fine, then the agent was stopped before it was done
+    ledger.close()
+    ledger = Ledger(db)
+    assert ledger.entry(a) == Entry("seen", 2)
+    assert ledger.entry(b) == Entry("seen", 0)  # retried, not suspected
+    ledger.end_decode(b)  # never below zero
+    assert ledger.entry(b) == Entry("seen", 0)
     assert ledger.entry(FileKey("/in/new.png", 1, 1)) is None
     ledger.close()
 
