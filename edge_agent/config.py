@@ -48,6 +48,16 @@ class OutboxConfig(_Strict):
     max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="older results dropped (counted)")
 
 
+class ThumbnailConfig(_Strict):
+    enabled: bool = Field(
+        False,
+        description="publish a small JPEG of each classified image or cut-out on "
+        "<prefix>/<device_id>/thumbnails/<id> (through the outbox, like its result)",
+    )
+    size: int = Field(128, ge=16, le=1024, description="longer side in pixels at most")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality")
+
+
 class MqttConfig(_Strict):
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
@@ -66,6 +76,9 @@ class MqttConfig(_Strict):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    thumbnails: ThumbnailConfig = Field(
+        default_factory=ThumbnailConfig, description="small JPEGs of what was classified"
+    )
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:

@@ -39,7 +39,7 @@ from edge_agent.availability import AvailabilityLink
 from edge_agent.config import MqttConfig
 from edge_agent.mqtt_connection import MqttError, new_client
 from edge_agent.outbox import Outbox, OutboxError
-from edge_agent.payloads import status_payload, to_bytes, topic
+from edge_agent.payloads import THUMBNAIL_TOPIC, status_payload, to_bytes, topic
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,13 @@ class MqttPublisher:
             properties=self._publish_properties(),
         )  # fmt: skip
 
-    def _publish_properties(self) -> Properties | None:
+    def _publish_properties(self, content_type: str = "application/json") -> Properties | None:
         if not self._v5:
             return None
         props = Properties(PacketTypes.PUBLISH)
-        props.PayloadFormatIndicator = 1  # UTF-8 text
-        props.ContentType = "application/json"
+        if content_type == "application/json":
+            props.PayloadFormatIndicator = 1  # UTF-8 text
+        props.ContentType = content_type
         return props
 
     # ------------------------------------------------------------------ paho callbacks
@@ -426,8 +427,12 @@ class MqttPublisher:
             return
         self.outbox.mark_in_flight(item.msg_id for item in items)
         props = self._publish_properties()
+        jpeg_props = self._publish_properties("image/jpeg")  # mqtt.thumbnails
         for n, item in enumerate(items):
-            info = self._client.publish(item.topic, item.payload, qos=item.qos, properties=props)
+            is_jpeg = item.topic.rsplit("/", 2)[-2:-1] == [THUMBNAIL_TOPIC]
+            info = self._client.publish(
+                item.topic, item.payload, qos=item.qos, properties=jpeg_props if is_jpeg else props
+            )
             queued = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
                 # Not connected any more: paho keeps a QoS>0 message, and the next on_connect
                 # hands it back through drop_out_messages(), so it stays tracked.

@@ -38,8 +38,10 @@ PAYLOAD_TOPICS: dict[str, str] = {
     "error": "errors",
     "stats": "stats",
 }
+#: binary JPEGs (mqtt.thumbnails): ``<prefix>/<device_id>/thumbnails/<classification id>``
+THUMBNAIL_TOPIC = "thumbnails"
 #: every topic under ``<prefix>/<device_id>/``; ``frames`` is an input (encoded images)
-TOPIC_NAMES = (*PAYLOAD_TOPICS.values(), "frames")
+TOPIC_NAMES = (*PAYLOAD_TOPICS.values(), "frames", THUMBNAIL_TOPIC)
 STATUS_STATES = ("online", "offline")
 
 #: Why an input was rejected: the ``reason`` of an ``errors`` payload. The ONE list of them:
@@ -85,6 +87,13 @@ def topic(prefix: str, device_id: str, name: str) -> str:
             "(it is one topic level)"
         )
     return f"{prefix}/{device_id}/{name}"
+
+
+def thumbnail_topic(prefix: str, device_id: str, classification_id: str) -> str:
+    """``<prefix>/<device_id>/thumbnails/<id>``: the JPEG of classification ``id``."""
+    if not classification_id or any(c in classification_id for c in "/#+\0"):
+        raise PayloadError(f"classification id {classification_id!r} is not one topic level")
+    return f"{topic(prefix, device_id, THUMBNAIL_TOPIC)}/{classification_id}"
 
 
 def stable_id(*parts: str) -> str:
