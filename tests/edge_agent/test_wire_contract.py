@@ -44,6 +44,7 @@ from edge_agent.payloads import (
     ERROR_REASONS,
     PAYLOAD_TOPICS,
     SCHEMA_VERSION,
+    TOPIC_NAMES,
     ModelRef,
     availability_payload,
     classification_payload,
@@ -293,6 +294,12 @@ def test_docs_state_the_version_and_link_every_schema() -> None:
         assert (DOCS.parent / f"../edge_agent/schemas/{name}").resolve().is_file()
 
 
+def test_docs_list_every_topic() -> None:
+    text = docs_text()
+    for name in TOPIC_NAMES:
+        assert f"`<prefix>/<device_id>/{name}" in text, f"docs/mqtt.md: topic {name} missing"
+
+
 @pytest.mark.parametrize("kind", JSON_KINDS)
 def test_docs_field_table_names_exactly_the_schema_fields(kind: str) -> None:
     documented = documented_fields(kind)
@@ -343,10 +350,11 @@ def _all_valid(c: Collector) -> dict[str, list[Received]]:
     by_topic: dict[str, list[Received]] = {}
     kinds = {topic: kind for kind, topic in PAYLOAD_TOPICS.items()}
     for m in c.messages:
-        name = m.topic.rsplit("/", 1)[-1]
+        name = m.topic.split("/")[2]  # galaxy-edge/<device>/<name>[/...]
         by_topic.setdefault(name, []).append(m)
-        if name == "frames":
-            continue
+        assert name in TOPIC_NAMES, f"{m.topic}: not a topic of docs/mqtt.md"
+        if name not in kinds:
+            continue  # binary: frames in, JPEG thumbnails out
         kind = kinds[name]
         if kind == "availability":
             assert_valid(kind, m.payload.decode("utf-8"))
