@@ -6,7 +6,8 @@ preprocesses on the GPU) runs the CPU reference preprocessing; the *infer* loop 
 model, and writes the results of a batch to the outbox in ONE transaction, THEN acknowledges the
 frames (ledger done, MQTT PUBACK). A crash anywhere before the outbox commit replays the frames;
 after it, the outbox replays the messages: at-least-once end to end.
-A bad input is quarantined with an ``errors`` message and the pipeline goes on.
+A bad input is quarantined with an ``errors`` message and the pipeline goes on, whatever its
+decoding raised. The pipeline owns its threads: :meth:`Pipeline.start`, :meth:`Pipeline.stop`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from edge_agent.stats import Stats
 from edge_agent.thumbnails import thumbnail_jpeg
 
 log = logging.getLogger(__name__)
-# Rejection reasons of the pipeline itself (the decoder's are in edge_agent.contract.decode).
 PreprocessDevice = Literal["cpu", "cuda"]
+# Rejection reasons of the pipeline itself (the decoder's are in edge_agent.contract.decode).
 POISON = "poison"  # the agent died while processing this input, poison_after_attempts times
 DECODE_FAILED = "decode_failed"  # decoding raised something unforeseen (a decoder bug)
 
