@@ -216,8 +216,8 @@ class Agent:
         )
 
     def stats_body(self) -> dict[str, Any]:
-        s = self.stats.snapshot()
         interval = self.stats.take_interval()  # rates and percentiles since the last report
+        s = self.stats.snapshot()
         return payloads.stats_payload(
             device_id=self.config.device_id,
             at=time.time(),
