@@ -78,8 +78,9 @@ class DecodeConfig(_Strict):
         ge=1024 * 1024,
         description=(
             "largest decoded array a header may promise, in bytes (width x height x bands x "
-            "bytes per sample, plus the decoder's own whole-image buffers); the conversion of "
-            "deep data to 8 bits takes a few times this at its peak"
+            "bytes per sample, plus the decoder's own whole-image buffers), refused before "
+            "decoding; decoding a file at this limit peaks at about 4 times it (RGB output, "
+            "float32 stretch of deep data)"
         ),
     )
     stretch: StretchConfig = Field(
