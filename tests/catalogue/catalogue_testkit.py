@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -270,3 +271,74 @@ def require_postgres() -> None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{problem}; CI must install it (scripts/setup)")
         pytest.skip(problem)
+
+
+# --- a real agent -----------------------------------------------------------------------------
+
+
+def build_tiny_bundle(work: Path) -> Path:
+    """A tiny ONNX classifier (average pool + linear) built into a bundle by ``build-engine``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_agent.contract.preprocess import DEFAULT_SPEC
+
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    size = DEFAULT_SPEC.input_size
+    cells = (size // 32) ** 2 * 3
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "AveragePool", ["input"], ["p"], kernel_shape=[32, 32], strides=[32, 32]
+            ),
+            helper.make_node("Flatten", ["p"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "W", "B"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(0, 1, (cells, 10)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.normal(0, 0.1, (10,)).astype(np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(work / "tiny.onnx"))
+    (work / "spec.json").write_text(DEFAULT_SPEC.model_dump_json())
+    bundle = work / "bundle"
+    subprocess.run(
+        [
+            sys.executable, "-m", "build_engine.cli", "--onnx", str(work / "tiny.onnx"),
+            "--preprocess-spec", str(work / "spec.json"), "--backend", "onnxruntime",
+            "--precision", "fp32", "--out", str(bundle), "--no-progress",
+        ],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return bundle
+
+
+def agent_yaml(work: Path, bundle: Path, host: str, port: int, device: str) -> Path:
+    """An agent config watching ``work/inbox`` with thumbnails on."""
+    inbox = work / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    config = {
+        "device_id": device,
+        "bundle": str(bundle),
+        "sources": [{"uri": f"dir://{inbox}", "name": "inbox"}],
+        "pipeline": {"max_batch": 4, "max_wait_ms": 10, "intra_op_threads": 1},
+        "quarantine_dir": str(work / "quarantine"),
+        "state_dir": str(work / "state"),
+        "stats_interval_s": 0.5,
+        "mqtt": {
+            "host": host,
+            "port": port,
+            "outbox": {"path": str(work / "state" / "outbox.sqlite3")},
+            "thumbnails": {"enabled": True, "size": 128},
+        },
+    }
+    path = work / "agent.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
