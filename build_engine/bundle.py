@@ -8,7 +8,7 @@ new one, never half of either. An existing target is replaced only if it is a bu
 
 The cache key is computed from the manifest rather than stored in it, so it needs no schema
 change: (source ONNX sha, backend, precision, batch profile, TensorRT version, GPU, compute
-capability, DLA core). Two bundles with the same key are the same build.
+capability, DLA core, preprocessing spec). Two bundles with the same key are the same build.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from build_engine.errors import BundleError
+from build_engine.errors import BundleError, UsageError
 from edge_agent.contract.manifest import MANIFEST_NAME, Manifest, write_manifest
 
 
@@ -38,7 +38,7 @@ def cache_key(manifest: Manifest) -> str:
         "gpu_name": trt.gpu_name if trt else None,
         "compute_capability": trt.compute_capability if trt else None,
         "dla_core": trt.dla_core if trt else None,
-        "input_size": manifest.preprocess.input_size,
+        "preprocess": manifest.preprocess.model_dump(mode="json"),
     }
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -48,19 +48,19 @@ def check_output_dir(out_dir: Path) -> None:
     """Fail early (before minutes of building) when ``out_dir`` cannot become a bundle."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise BundleError(f"{out_dir}: exists and is not a directory; choose another --out")
+        raise UsageError(f"{out_dir}: exists and is not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
-        raise BundleError(
+        raise UsageError(
             f"{out_dir}: not empty and not a bundle (no {MANIFEST_NAME}); refusing to replace it, "
             "choose an empty or new --out directory"
         )
     parent = _existing_ancestor(out_dir.absolute().parent)
     if not parent.is_dir():
-        raise BundleError(
+        raise UsageError(
             f"{parent}: is a file, cannot create {out_dir} under it; choose another --out"
         )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise BundleError(f"{parent}: not writable, cannot create {out_dir}; choose another --out")
+        raise UsageError(f"{parent}: not writable, cannot create {out_dir}; choose another --out")
 
 
 def _existing_ancestor(path: Path) -> Path:

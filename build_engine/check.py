@@ -14,6 +14,7 @@ from pathlib import Path
 from build_engine.device import DeviceInfo
 from edge_agent.contract.errors import ManifestError, StaleBundleError
 from edge_agent.contract.manifest import BatchProfile, Manifest, check_device, load_bundle
+from edge_agent.contract.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Wanted:
     batch: BatchProfile | None = None
     dla_core: int | None = None
     accept_fp16_fallback: bool = False
+    preprocess: PreprocessSpec | None = None  # an explicit --preprocess-spec
 
 
 def _major_minor(version: str) -> str:
@@ -87,6 +89,11 @@ def _wanted_reasons(manifest: Manifest, wanted: Wanted) -> list[str]:
         reasons.append(
             f"bundle was built from checkpoint {(built_from or 'unknown')[:12]}…, the given one is "
             f"{wanted.checkpoint_sha256[:12]}…; rebuild"
+        )
+    if wanted.preprocess is not None and manifest.preprocess != wanted.preprocess:
+        reasons.append(
+            f"bundle preprocessing spec is {manifest.preprocess.model_dump_json()}, wanted "
+            f"{wanted.preprocess.model_dump_json()}; rebuild"
         )
     if wanted.backend and manifest.backend != wanted.backend:
         reasons.append(f"bundle backend is {manifest.backend}, wanted {wanted.backend}")

@@ -2,7 +2,7 @@
 
 Thin on purpose: parses options, probes the device, calls :func:`build_engine.pipeline.build`
 or :func:`build_engine.check.stale_reasons`, and turns typed errors into one line and an exit
-code. Progress goes to stderr; the result line to stdout.
+code of :mod:`edge_agent.contract.exit_codes`. Progress goes to stderr; the result line to stdout.
 """
 
 from __future__ import annotations
@@ -13,29 +13,29 @@ from pathlib import Path
 
 from build_engine.check import Wanted, stale_reasons
 from build_engine.device import DeviceInfo, probe
-from build_engine.errors import AccuracyGateError, ExportError, UsageError
+from build_engine.errors import AccuracyGateError, StaleError, UsageError
 from build_engine.export import checkpoint_sha256
+from build_engine.gate import DEFAULT_MIN_IMAGES, DEFAULT_THRESHOLD_POINTS
+from build_engine.options import positive, spec_file
 from build_engine.pipeline import BuildRequest, build, default_precision, resolve_backend
-from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent import __version__
+from edge_agent.contract import exit_codes
+from edge_agent.contract.errors import GalaxyEdgeError, ManifestError
 from edge_agent.contract.manifest import BatchProfile, sha256_file
 
-EXIT_OK = 0
-EXIT_ERROR = 1  # bad input or a failed build step: the message names the problem and the fix
-EXIT_USAGE = 2  # argparse
-EXIT_GATE = 3  # the accuracy gate refused the requested precision
-EXIT_STALE = 4  # --check: the bundle is missing, corrupt or built for something else
+EXIT_OK = exit_codes.OK
+EXIT_ERROR = exit_codes.FAILURE
+EXIT_USAGE = exit_codes.USAGE
+EXIT_GATE = exit_codes.GATE_REFUSED
+EXIT_STALE = exit_codes.INVALID_BUNDLE
 
-EPILOG = """\
-exit codes: 0 ok, 1 bad input or failed build, 2 usage, 3 refused by the accuracy gate,
-4 --check found the bundle invalid or stale.
-Without TensorRT (any non-Jetson host) --backend auto writes an ONNX Runtime bundle."""
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+NOTES = """\
+Without TensorRT (any non-Jetson host) --backend auto writes an ONNX Runtime bundle.
+The accuracy gate compares the candidate with the FP32 model on the same held-out images and
+passes it when the lower end of the 90% interval of (candidate - reference) top-1 (a one-sided
+95% bound, Newcombe's paired method) is at least -THRESHOLD points: with 200 images and 1.0
+point at most a candidate that agrees on every image passes; 500 or more images are advised."""
+EPILOG = exit_codes.epilog(NOTES)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,9 +45,25 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"build-engine {__version__}")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, help="training run directory or its .safetensors")
-    src.add_argument("--onnx", type=Path, help="an exported FP32 ONNX model")
+    src.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="training run directory or its .safetensors (verified against its recorded sha256)",
+    )
+    src.add_argument(
+        "--onnx",
+        type=Path,
+        help="an FP32 ONNX model; exported by build-engine it carries its preprocessing spec",
+    )
+    p.add_argument(
+        "--preprocess-spec",
+        type=spec_file,
+        metavar="SPEC.json",
+        help="the preprocessing spec of an --onnx file that does not carry one (keys of "
+        "edge_agent.contract.preprocess.PreprocessSpec: input_size, crop, scale, offset...)",
+    )
     p.add_argument("--out", type=Path, help="bundle directory to write (replaced atomically)")
     p.add_argument(
         "--precision",
@@ -55,20 +71,40 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="default: fp16 for TensorRT, fp32 for ONNX Runtime",
     )
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="auto: TensorRT where it imports, else ONNX Runtime (default auto)",
+    )
     p.add_argument("--calib-data", type=Path, help="labelled images for INT8: CSV, folders or .h5")
-    p.add_argument("--calib-size", type=_positive, default=256)
+    p.add_argument(
+        "--calib-size", type=positive, default=256, help="calibration images (default 256)"
+    )
     p.add_argument(
         "--gate-data",
         type=Path,
         help="held-out labelled images for the gate (default: split from --calib-data)",
     )
-    p.add_argument("--gate-size", type=_positive, default=200)
+    p.add_argument(
+        "--gate-size",
+        type=positive,
+        default=500,
+        help="held-out images for the gate, at most (default 500; half of --calib-data at most "
+        "when split from it)",
+    )
+    p.add_argument(
+        "--gate-min-images",
+        type=positive,
+        default=DEFAULT_MIN_IMAGES,
+        help=f"refuse a gate set smaller than this (default {DEFAULT_MIN_IMAGES})",
+    )
     p.add_argument(
         "--gate-threshold",
         type=float,
-        default=1.0,
-        help="largest allowed top-1 drop, in percentage points (default 1.0)",
+        default=DEFAULT_THRESHOLD_POINTS,
+        help="largest top-1 drop the gate must rule out, in percentage points "
+        f"(default {DEFAULT_THRESHOLD_POINTS:g})",
     )
     p.add_argument(
         "--fallback",
@@ -76,13 +112,33 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="build FP16 when the gate refuses INT8 (said loudly, recorded)",
     )
-    p.add_argument("--quantizer", choices=("auto", "modelopt", "onnxruntime"), default="auto")
-    p.add_argument("--calibration-method", choices=("entropy", "max"), default="entropy")
-    p.add_argument("--min-batch", type=_positive, default=1)
-    p.add_argument("--opt-batch", type=_positive, default=8)
-    p.add_argument("--max-batch", type=_positive, default=16)
-    p.add_argument("--workspace-mb", type=_positive, default=1024)
-    p.add_argument("--dla-core", type=int, default=None)
+    p.add_argument(
+        "--quantizer",
+        choices=("auto", "modelopt", "onnxruntime"),
+        default="auto",
+        help="INT8 quantizer: auto is NVIDIA ModelOpt where it imports, else ONNX Runtime's",
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=("entropy", "max"),
+        default="entropy",
+        help="how ModelOpt picks activation ranges (default entropy)",
+    )
+    p.add_argument("--min-batch", type=positive, default=1, help="TensorRT profile minimum (1)")
+    p.add_argument("--opt-batch", type=positive, default=8, help="TensorRT profile optimum (8)")
+    p.add_argument("--max-batch", type=positive, default=16, help="largest batch (default 16)")
+    p.add_argument(
+        "--workspace-mb",
+        type=positive,
+        default=1024,
+        help="TensorRT builder workspace in MiB (default 1024)",
+    )
+    p.add_argument(
+        "--dla-core",
+        type=int,
+        default=None,
+        help="build the plan for this DLA core (Orin NX/AGX: 0 or 1); default the GPU",
+    )
     p.add_argument(
         "--timing-cache",
         type=Path,
@@ -102,7 +158,11 @@ def parser() -> argparse.ArgumentParser:
         help="exit 0 if BUNDLE is valid for this device (and the given model), else 4",
     )
     p.add_argument("--if-stale", action="store_true", help="rebuild --out only when --check fails")
-    p.add_argument("--no-progress", action="store_true", help="no TensorRT build progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (export, calibration, gate, TensorRT build)",
+    )
     return p
 
 
@@ -110,18 +170,30 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def exit_code(exc: GalaxyEdgeError) -> int:
+    """The exit code of a typed error (:mod:`edge_agent.contract.exit_codes`)."""
+    if isinstance(exc, AccuracyGateError):
+        return EXIT_GATE
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, (StaleError, ManifestError)):
+        return EXIT_STALE
+    return EXIT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return _run(args)
     except GalaxyEdgeError as exc:
         print(f"build-engine: error: {exc}", file=sys.stderr)
-        if isinstance(exc, AccuracyGateError):
-            return EXIT_GATE
-        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("build-engine: interrupted; no bundle was written", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -146,6 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         gate_data=args.gate_data,
         gate_size=args.gate_size,
         gate_threshold=args.gate_threshold,
+        gate_min_images=args.gate_min_images,
+        preprocess=args.preprocess_spec,
         fallback=args.fallback,
         batch=BatchProfile(min=args.min_batch, opt=args.opt_batch, max=args.max_batch),
         workspace_mb=args.workspace_mb,
@@ -190,13 +264,13 @@ def _wanted(request: BuildRequest, device: DeviceInfo) -> Wanted:
     source_sha = None
     if request.onnx is not None:
         if not request.onnx.is_file():
-            raise ExportError(f"{request.onnx}: ONNX file not found; pass --onnx FILE")
+            raise UsageError(f"{request.onnx}: ONNX file not found; pass --onnx FILE")
         source_sha = sha256_file(request.onnx)
     ckpt_sha = None
     if request.checkpoint is not None:
         ckpt_sha = checkpoint_sha256(request.checkpoint)
         if ckpt_sha is None:
-            raise ExportError(
+            raise UsageError(
                 f"{request.checkpoint}: checkpoint not found; pass a training run directory"
             )
     return Wanted(
@@ -207,6 +281,7 @@ def _wanted(request: BuildRequest, device: DeviceInfo) -> Wanted:
         batch=request.batch,
         dla_core=request.dla_core,
         accept_fp16_fallback=request.fallback == "fp16",
+        preprocess=request.preprocess,
     )
 
 

@@ -6,8 +6,9 @@ fed through its CUDA preprocessing kernels exactly as in production). Both get t
 frames: labelled images from ``--images`` or random frames of odd sizes, which also exercise
 the crop/resize path. Reported: max and mean absolute logit difference, max probability
 difference and top-1 agreement; ``--atol``/``--min-agreement`` turn them into an exit code.
+An ONNX side is preprocessed with the spec in its metadata (or ``--preprocess-spec``).
 
-    python -m build_engine.compare BUNDLE_OR_ONNX BUNDLE_OR_ONNX [--images PATH] [--count N]
+    build-engine-compare BUNDLE_OR_ONNX BUNDLE_OR_ONNX [--images PATH] [--count N]
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from typing import Protocol
 
 import numpy as np
 
-from build_engine.errors import BuildEngineError
-from edge_agent.contract.errors import GalaxyEdgeError
-from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess_batch
+from build_engine.errors import BuildEngineError, UsageError
+from build_engine.options import positive, spec_file
+from edge_agent import __version__
+from edge_agent.contract import exit_codes
+from edge_agent.contract.errors import GalaxyEdgeError, ManifestError
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 
 
 class Runner(Protocol):
@@ -37,14 +41,27 @@ class Runner(Protocol):
 class OnnxFileRunner:
     """An ONNX file in ONNX Runtime on the CPU, fed by the CPU preprocessing reference."""
 
-    def __init__(self, path: Path, spec: PreprocessSpec = DEFAULT_SPEC) -> None:
+    def __init__(self, path: Path, spec: PreprocessSpec | None = None) -> None:
         import onnxruntime as ort
 
-        from build_engine.export import describe_onnx, load_onnx
+        from build_engine.export import META_PREPROCESS, describe_onnx, load_onnx, read_metadata
 
-        info = describe_onnx(load_onnx(path), str(path))
+        model = load_onnx(path)
+        info = describe_onnx(model, str(path))
+        recorded = read_metadata(model, str(path)).spec
+        chosen = recorded or spec
+        if chosen is None:
+            raise UsageError(
+                f"{path}: no preprocessing spec in its metadata ({META_PREPROCESS}); "
+                "give --preprocess-spec SPEC.json"
+            )
+        if chosen.input_size != info.input_size:
+            raise UsageError(
+                f"{path}: spec input_size {chosen.input_size} does not match the graph's "
+                f"{info.input_size}"
+            )
         self.name = str(path)
-        self.spec = spec.model_copy(update={"input_size": info.input_size})
+        self.spec = chosen
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -71,14 +88,17 @@ class BundleRunner:
         return np.asarray(self.backend.infer_frames(frames, "RGB").logits, dtype=np.float32)
 
 
-def open_runner(path: Path) -> Runner:
-    """A bundle directory or an ``.onnx`` file; anything else is a one-line error."""
+def open_runner(path: Path, spec: PreprocessSpec | None = None) -> Runner:
+    """A bundle directory or an ``.onnx`` file; anything else is a one-line error.
+
+    ``spec`` is used for an ONNX file that does not carry its own.
+    """
     path = Path(path)
     if path.is_dir():
         return BundleRunner(path)
     if path.is_file() and path.suffix == ".onnx":
-        return OnnxFileRunner(path)
-    raise BuildEngineError(f"{path}: neither a bundle directory nor an .onnx file")
+        return OnnxFileRunner(path, spec)
+    raise UsageError(f"{path}: neither a bundle directory nor an .onnx file")
 
 
 @dataclass(frozen=True)
@@ -137,36 +157,59 @@ def labelled_frames(path: Path, count: int) -> list[np.ndarray]:
     return [dataset[i][0] for i in range(len(dataset))]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m build_engine.compare", description=__doc__.split("\n\n")[0]
+        prog="build-engine-compare",
+        description="Compare two models (bundles or ONNX files) output for output on the same "
+        "frames.",
+        epilog=exit_codes.epilog(
+            "exit 1 also when --atol or --min-agreement is given and the comparison misses it."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"build-engine-compare {__version__}")
     p.add_argument("a", type=Path, help="bundle directory or .onnx file (the reference)")
     p.add_argument("b", type=Path, help="bundle directory or .onnx file (the candidate)")
     p.add_argument(
         "--images", type=Path, help="labelled images (CSV, folders, .h5); default random frames"
     )
-    p.add_argument("--count", type=int, default=32)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--count", type=positive, default=32, help="frames to compare (default 32)")
+    p.add_argument("--batch", type=positive, default=8, help="frames per batch (default 8)")
     p.add_argument("--atol", type=float, default=None, help="fail when max |dlogit| exceeds this")
     p.add_argument(
         "--min-agreement", type=float, default=None, help="fail below this top-1 agreement (0..1)"
     )
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--preprocess-spec",
+        type=spec_file,
+        metavar="SPEC.json",
+        help="spec for an .onnx side that does not carry one in its metadata",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        a, b = open_runner(args.a), open_runner(args.b)
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's usage error (2)
+        return exc.code if isinstance(exc.code, int) else exit_codes.USAGE
+    try:
+        a = open_runner(args.a, args.preprocess_spec)
+        b = open_runner(args.b, args.preprocess_spec)
         frames = (
             labelled_frames(args.images, args.count) if args.images else random_frames(args.count)
         )
         result = compare(a, b, frames, batch=args.batch)
     except GalaxyEdgeError as exc:
-        print(f"compare: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"build-engine-compare: error: {exc}", file=sys.stderr)
+        if isinstance(exc, UsageError):
+            return exit_codes.USAGE
+        return exit_codes.INVALID_BUNDLE if isinstance(exc, ManifestError) else exit_codes.FAILURE
     print(f"{a.name} vs {b.name}: {result.line()}")
     failed = (args.atol is not None and result.max_abs_diff > args.atol) or (
         args.min_agreement is not None and result.top1_agreement < args.min_agreement
     )
-    return 1 if failed else 0
+    return exit_codes.FAILURE if failed else exit_codes.OK
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
 The exported graph has a static spatial size (MobileViT's unfold is traced with Python
 arithmetic on the shape, so H and W cannot be dynamic) and a dynamic batch, input ``input`` and
-output ``logits``. It is checked with ``onnx.checker``, simplified with onnxsim when onnxsim
+output ``logits`` (readers take the names from the graph, :func:`describe_onnx`, never from
+these constants). It is checked with ``onnx.checker``, simplified with onnxsim when onnxsim
 succeeds (the report says whether it did), and its outputs are compared with PyTorch's on the
 same inputs: an export that does not reproduce the model is an error, not a warning.
+
+What the model needs travels inside the file as ``metadata_props``: the preprocessing spec it
+was trained with (``galaxy_edge.preprocess``), its name, parameter count and training
+provenance. ``build-engine --onnx`` reads them back into the manifest (:func:`read_metadata`).
 
 torch, timm and the ``training`` package are imported only inside :func:`export_checkpoint` and
 :func:`export_module`: an ONNX-only build (``--onnx``) on the device needs neither.
@@ -13,6 +18,7 @@ torch, timm and the ``training`` package are imported only inside :func:`export_
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +28,7 @@ import numpy as np
 from build_engine.errors import ExportError
 from edge_agent.contract.classes import NUM_CLASSES
 from edge_agent.contract.manifest import TrainingProvenance
+from edge_agent.contract.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -37,6 +44,13 @@ EXPORT_RTOL = 1e-3
 META_MODEL_NAME = "galaxy_edge.model_name"
 META_PROVENANCE = "galaxy_edge.training_provenance"
 META_PARAMETERS = "galaxy_edge.parameters"
+META_PREPROCESS = "galaxy_edge.preprocess"
+
+Step = Callable[[str], None]
+
+
+def _no_step(name: str) -> None:
+    """The default progress hook of the export: report nothing."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,17 @@ class ExportReport:
     model_name: str = "unknown"
     parameters: int | None = None
     provenance: TrainingProvenance = field(default_factory=TrainingProvenance)
+    spec: PreprocessSpec | None = None
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What :func:`write_metadata` recorded in an ONNX file; ``spec`` is None when absent."""
+
+    model_name: str
+    provenance: TrainingProvenance
+    parameters: int | None
+    spec: PreprocessSpec | None
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -163,8 +188,12 @@ def export_module(
     atol: float = EXPORT_ATOL,
     rtol: float = EXPORT_RTOL,
     seed: int = 0,
+    step: Step = _no_step,
 ) -> ExportReport:
-    """Export ``model`` (eval, CPU, float32) to ``out_path`` and prove it reproduces the model."""
+    """Export ``model`` (eval, CPU, float32) to ``out_path`` and prove it reproduces the model.
+
+    ``step`` is called after each of the three steps (trace, simplify, check) with its name.
+    """
     import onnx
     import torch
 
@@ -192,6 +221,7 @@ def export_module(
             )
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ExportError(f"torch.onnx.export failed: {exc}".splitlines()[0]) from exc
+    step("traced")
     exported = load_onnx(out_path)
     note = ""
     simplified = False
@@ -200,6 +230,7 @@ def export_module(
         if simplified:
             onnx.checker.check_model(exported)
             onnx.save(exported, str(out_path))
+    step("simplified" if simplified else "not simplified")
     info = describe_onnx(exported, str(out_path))
     # Three images, not two: a batch size other than the traced one proves the batch is dynamic.
     check = torch.rand((3, 3, input_size, input_size), generator=gen) * 2 - 1
@@ -212,6 +243,7 @@ def export_module(
             f"{out_path}: ONNX logits differ from PyTorch by up to {diff:.3g} "
             f"(allowed {atol:g} + {rtol:g}*|x|); the model has ops that do not export faithfully"
         )
+    step("checked against PyTorch")
     return ExportReport(
         onnx_path=out_path,
         info=info,
@@ -234,8 +266,17 @@ def checkpoint_sha256(path: Path) -> str | None:
     return sha256_file(target) if target.is_file() else None
 
 
-def export_checkpoint(checkpoint: Path, out_path: Path, *, simplify: bool = True) -> ExportReport:
-    """Load a training run (directory) or ``.safetensors`` file and export it to ``out_path``."""
+EXPORT_STEPS = 4  # load, trace, simplify, check: the ``step`` calls of export_checkpoint
+
+
+def export_checkpoint(
+    checkpoint: Path, out_path: Path, *, simplify: bool = True, step: Step = _no_step
+) -> ExportReport:
+    """Load a training run (directory) or ``.safetensors`` file and export it to ``out_path``.
+
+    The weights are verified against the sha256 the run recorded (a mismatch is an
+    :class:`ExportError`); the spec the model was trained with goes into the ONNX metadata.
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise ExportError(
@@ -267,7 +308,10 @@ def export_checkpoint(checkpoint: Path, out_path: Path, *, simplify: bool = True
             f"{checkpoint}: model has {loaded.num_classes} classes, a bundle needs {NUM_CLASSES} "
             "(the Galaxy10 DECaLS classes); retrain with num_classes=10"
         )
-    report = export_module(loaded.model, out_path, input_size=loaded.input_size, simplify=simplify)
+    step("checkpoint loaded")
+    report = export_module(
+        loaded.model, out_path, input_size=loaded.input_size, simplify=simplify, step=step
+    )
     provenance = loaded.provenance
     if provenance.checkpoint_sha256 is None:
         provenance = provenance.model_copy(
@@ -275,14 +319,19 @@ def export_checkpoint(checkpoint: Path, out_path: Path, *, simplify: bool = True
         )
     report.model_name = loaded.model_name
     report.provenance = provenance
-    write_metadata(out_path, loaded.model_name, provenance, report.parameters)
+    report.spec = loaded.spec
+    write_metadata(out_path, loaded.model_name, provenance, report.parameters, loaded.spec)
     return report
 
 
 def write_metadata(
-    path: Path, model_name: str, provenance: TrainingProvenance, parameters: int | None
+    path: Path,
+    model_name: str,
+    provenance: TrainingProvenance,
+    parameters: int | None,
+    spec: PreprocessSpec,
 ) -> None:
-    """Record the model name and training provenance inside the ONNX file.
+    """Record the preprocessing spec, model name and training provenance inside the ONNX file.
 
     A later ``build-engine --onnx`` (on the device, without the checkpoint) reads them back
     into the manifest; metadata does not change the graph, so the export check still holds.
@@ -294,6 +343,7 @@ def write_metadata(
         META_MODEL_NAME: model_name,
         META_PROVENANCE: provenance.model_dump_json(),
         META_PARAMETERS: str(parameters) if parameters is not None else "",
+        META_PREPROCESS: spec.model_dump_json(),
     }
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
@@ -304,8 +354,12 @@ def write_metadata(
     onnx.save(model, str(path))
 
 
-def read_metadata(model: onnx.ModelProto) -> tuple[str, TrainingProvenance, int | None]:
-    """(model name, provenance, parameters) from :func:`write_metadata`; defaults when absent."""
+def read_metadata(model: onnx.ModelProto, where: str = "ONNX model") -> OnnxMetadata:
+    """What :func:`write_metadata` recorded; name, provenance and parameters default when absent.
+
+    A missing spec is ``None`` (the caller decides); a spec that is present but does not
+    validate is an :class:`ExportError`, never silently replaced by a default.
+    """
     from pydantic import ValidationError
 
     props = {p.key: p.value for p in model.metadata_props}
@@ -315,4 +369,15 @@ def read_metadata(model: onnx.ModelProto) -> tuple[str, TrainingProvenance, int 
     except ValidationError:
         provenance = TrainingProvenance()
     raw = props.get(META_PARAMETERS, "")
-    return name, provenance, int(raw) if raw.isdigit() else None
+    spec: PreprocessSpec | None = None
+    if props.get(META_PREPROCESS):
+        try:
+            spec = PreprocessSpec.model_validate_json(props[META_PREPROCESS])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ExportError(
+                f"{where}: metadata {META_PREPROCESS} is not a valid preprocessing spec "
+                f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
+                "build-engine --checkpoint"
+            ) from exc
+    return OnnxMetadata(name, provenance, int(raw) if raw.isdigit() else None, spec)

@@ -1,8 +1,15 @@
 """One build: source ONNX -> precision -> gate -> backend artefacts -> bundle.
 
-:func:`build` does the work and reports progress through a ``log`` callback (the CLI prints it);
-it raises :mod:`build_engine.errors` exceptions on every bad input before any slow step, and
-writes the bundle only at the very end (atomically, see :mod:`build_engine.bundle`).
+:func:`build` does the work and reports progress through a ``log`` callback (the CLI prints it) and
+tqdm bars on stderr; it raises :mod:`build_engine.errors` exceptions on every bad input before
+any slow step (:func:`validate`: paths, the checkpoint's recorded sha256, the spec, the size of
+the gate set), and writes the bundle only at the very end (atomically, see
+:mod:`build_engine.bundle`).
+
+The preprocessing spec in the manifest is the one the model was trained with: read from the
+checkpoint's config, or from the ONNX file's metadata (written at export); an ONNX file without
+it is refused unless the caller gives the spec explicitly. Input and output names come from the
+graph of the model the bundle ships.
 
 Defaults come from measurements: a TensorRT bundle is FP16 (Jetson tensor cores, no accuracy
 risk worth a gate); an ONNX Runtime (CPU) bundle is FP32, because INT8 Q/DQ ran slower than
@@ -24,15 +31,25 @@ import numpy as np
 from build_engine import gate as gate_mod
 from build_engine.bundle import check_output_dir, write_bundle
 from build_engine.device import DeviceInfo
-from build_engine.errors import CalibrationError, PrecisionError
+from build_engine.errors import ExportError, PrecisionError, UsageError
 from build_engine.export import (
+    EXPORT_STEPS,
     ExportReport,
+    OnnxInfo,
     describe_onnx,
     export_checkpoint,
     load_onnx,
     read_metadata,
 )
-from build_engine.images import LabelledBatch, load_calibration_and_gate, load_gate_only
+from build_engine.images import (
+    LabelledBatch,
+    load_calibration_and_gate,
+    load_gate_only,
+    split_indices,
+)
+from build_engine.progress import bar
+from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract.labelled_data import open_labelled
 from edge_agent.contract.manifest import (
     AccuracyGate,
     BatchProfile,
@@ -46,7 +63,7 @@ from edge_agent.contract.manifest import (
     official_classes,
     sha256_file,
 )
-from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
+from edge_agent.contract.preprocess import PreprocessSpec
 
 Backend = Literal["onnxruntime", "tensorrt"]
 TRT_NOTICE = (
@@ -69,8 +86,10 @@ class BuildRequest:
     calib_data: Path | None = None
     calib_size: int = 256
     gate_data: Path | None = None
-    gate_size: int = 200
+    gate_size: int = 500
     gate_threshold: float = gate_mod.DEFAULT_THRESHOLD_POINTS
+    gate_min_images: int = gate_mod.DEFAULT_MIN_IMAGES
+    preprocess: PreprocessSpec | None = None  # for an --onnx file without the spec in it
     fallback: Literal["fp16"] | None = None
     batch: BatchProfile = field(default_factory=lambda: BatchProfile.model_validate({}))
     workspace_mb: int = 1024
@@ -112,12 +131,12 @@ def _cc(device: DeviceInfo) -> tuple[int, int] | None:
 def validate(
     request: BuildRequest, backend: Backend, precision: Precision, device: DeviceInfo
 ) -> None:
-    """Every check that needs no model: raise before anything slow runs."""
+    """Every check that needs no model run: raise before anything slow starts."""
     if (request.checkpoint is None) == (request.onnx is None):
-        raise PrecisionError("give exactly one of --checkpoint RUN|FILE and --onnx FILE")
+        raise UsageError("give exactly one of --checkpoint RUN|FILE and --onnx FILE")
     b = request.batch
     if not b.min <= b.opt <= b.max:
-        raise PrecisionError(
+        raise UsageError(
             f"batch profile must satisfy min <= opt <= max, got {b.min}/{b.opt}/{b.max}"
         )
     if request.dla_core is not None:
@@ -137,15 +156,73 @@ def validate(
             f"{device.compute_capability}) has no fast {precision.upper()}; use --precision fp32"
         )
     if precision == "int8" and request.calib_data is None:
-        raise CalibrationError(
+        raise UsageError(
             "--precision int8 needs --calib-data PATH (labelled images: a labels CSV, a class-"
             "folder tree or the Galaxy10 .h5) for calibration and the accuracy gate"
         )
     if request.fallback is not None and precision != "int8":
-        raise PrecisionError("--fallback fp16 only applies to --precision int8")
+        raise UsageError("--fallback fp16 only applies to --precision int8")
     if request.workspace_mb < 1:
-        raise PrecisionError("--workspace-mb must be at least 1")
+        raise UsageError("--workspace-mb must be at least 1")
+    if request.gate_min_images < 1:
+        raise UsageError("--gate-min-images must be at least 1")
+    if request.preprocess is not None and request.checkpoint is not None:
+        raise UsageError(
+            "--preprocess-spec is for an --onnx file without one; a checkpoint carries the spec "
+            "it was trained with: drop the option"
+        )
+    for option, path in (
+        ("--onnx", request.onnx),
+        ("--calib-data", request.calib_data),
+        ("--gate-data", request.gate_data),
+    ):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"{option} {path}: not found")
+    if request.checkpoint is not None:
+        verify_checkpoint(request.checkpoint)
+    gated = precision == "int8" or (precision == "fp16" and request.gate_data is not None)
+    if gated:
+        gate_mod.check_size(planned_gate_images(request), request.gate_min_images)
     check_output_dir(request.out)
+
+
+def verify_checkpoint(checkpoint: Path) -> str:
+    """The checkpoint's weights sha256, verified against the run's record (no torch needed)."""
+    from training.errors import CheckpointError
+    from training.errors import UsageError as TrainingUsageError
+    from training.weights import verify_weights
+
+    path = Path(checkpoint)
+    weights = path / "best.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise UsageError(
+            f"--checkpoint {checkpoint}: no checkpoint here (expected a training run directory "
+            "with best.safetensors, or a .safetensors file)"
+        )
+    try:
+        return verify_weights(weights)
+    except TrainingUsageError as exc:
+        raise UsageError(str(exc)) from exc
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def planned_gate_images(request: BuildRequest) -> int:
+    """How many held-out images the gate will get, counted without reading any pixels."""
+
+    def count(path: Path, limit: int) -> int:
+        try:
+            return len(open_labelled(path, limit=limit, check_conflicts=False))
+        except GalaxyEdgeError as exc:
+            raise UsageError(f"{path}: {exc}") from exc
+
+    if request.gate_data is not None:
+        return count(request.gate_data, request.gate_size)
+    assert request.calib_data is not None
+    n = count(request.calib_data, request.calib_size + request.gate_size)
+    if n < 2:
+        return n
+    return len(split_indices(n, request.calib_size, request.gate_size)[1])
 
 
 def _builder() -> str:
@@ -161,42 +238,96 @@ class _Source:
     model_name: str
     parameters: int | None
     provenance: TrainingProvenance
-    input_size: int
+    info: OnnxInfo
+    spec: PreprocessSpec
+    spec_origin: str
+
+
+NO_SPEC = (
+    "{path}: no preprocessing spec in its metadata ({key}), so the pixels the model expects are "
+    "unknown; export it with build-engine --checkpoint RUN (which records the spec it was "
+    "trained with), or give it explicitly: --preprocess-spec SPEC.json, e.g. "
+    '{{"input_size": {size}, "crop": "center_square", "scale": 0.00784313725490196, '
+    '"offset": -1.0}}'
+)
+
+
+def _checkpoint_source(request: BuildRequest, scratch: Path, log: Callable[[str], None]) -> _Source:
+    assert request.checkpoint is not None
+    log(f"exporting {request.checkpoint} to ONNX (opset 17, static size, dynamic batch)")
+    with bar("export", EXPORT_STEPS, request.progress) as shown:
+
+        def step(name: str) -> None:
+            shown.set_postfix_str(name, refresh=False)
+            shown.update()
+
+        report: ExportReport = export_checkpoint(
+            request.checkpoint, scratch / "source.onnx", step=step
+        )
+    simplified = "simplified" if report.simplified else f"not simplified ({report.simplify_note})"
+    log(f"export checked: max |onnx - torch| = {report.max_abs_diff:.2e} on 3 images, {simplified}")
+    assert report.spec is not None
+    return _Source(
+        report.onnx_path,
+        report.model_name,
+        report.parameters,
+        report.provenance,
+        report.info,
+        report.spec,
+        "the checkpoint's training config",
+    )
+
+
+def _onnx_source(request: BuildRequest) -> _Source:
+    from build_engine.export import META_PREPROCESS
+
+    assert request.onnx is not None
+    where = str(request.onnx)
+    model = load_onnx(request.onnx)
+    info = describe_onnx(model, where)
+    meta = read_metadata(model, where)
+    explicit = request.preprocess
+    if meta.spec is not None and explicit is not None and meta.spec != explicit:
+        raise UsageError(
+            f"{where} records the spec it was trained with ({meta.spec.model_dump_json()}), "
+            f"--preprocess-spec differs ({explicit.model_dump_json()}); drop the option"
+        )
+    spec = meta.spec or explicit
+    if spec is None:
+        raise UsageError(NO_SPEC.format(path=where, key=META_PREPROCESS, size=info.input_size))
+    if spec.input_size != info.input_size:
+        raise UsageError(
+            f"{where}: the preprocessing spec's input_size {spec.input_size} does not match the "
+            f"graph's input {info.input_name!r} of {info.input_size}x{info.input_size}; fix the spec"
+        )
+    origin = "the ONNX file's metadata" if meta.spec is not None else "--preprocess-spec"
+    return _Source(
+        Path(request.onnx), meta.model_name, meta.parameters, meta.provenance, info, spec, origin
+    )
 
 
 def _source(request: BuildRequest, scratch: Path, log: Callable[[str], None]) -> _Source:
     if request.checkpoint is not None:
-        log(f"exporting {request.checkpoint} to ONNX (opset 17, static size, dynamic batch)")
-        report: ExportReport = export_checkpoint(request.checkpoint, scratch / "source.onnx")
-        simplified = (
-            "simplified" if report.simplified else f"not simplified ({report.simplify_note})"
-        )
-        log(
-            f"export checked: max |onnx - torch| = {report.max_abs_diff:.2e} on 3 images, {simplified}"
-        )
-        return _Source(
-            report.onnx_path,
-            report.model_name,
-            report.parameters,
-            report.provenance,
-            report.info.input_size,
-        )
-    assert request.onnx is not None
-    model = load_onnx(request.onnx)
-    info = describe_onnx(model, str(request.onnx))
-    name, provenance, parameters = read_metadata(model)
-    return _Source(Path(request.onnx), name, parameters, provenance, info.input_size)
+        return _checkpoint_source(request, scratch, log)
+    return _onnx_source(request)
 
 
 def _gate(
+    request: BuildRequest,
     reference: Path,
     candidate: Path,
     data: LabelledBatch,
     precision: str,
-    threshold: float,
     log: Callable[[str], None],
 ) -> AccuracyGate:
-    result = gate_mod.evaluate(reference, candidate, data, threshold_points=threshold)
+    result = gate_mod.evaluate(
+        reference,
+        candidate,
+        data,
+        threshold_points=request.gate_threshold,
+        min_images=request.gate_min_images,
+        progress=request.progress,
+    )
     log(gate_mod.describe(result, precision))
     return result
 
@@ -230,6 +361,7 @@ def _int8(
         gate_path=request.gate_data,
         spec=spec,
     )
+    gate_mod.check_size(len(gate_data), request.gate_min_images)
     log(f"calibrating INT8 on {len(calib)} images; gate on {len(gate_data)} held-out images")
     path = scratch / "model_int8.onnx"
     q = quantize_int8(
@@ -239,6 +371,7 @@ def _int8(
         method=request.quantizer,
         calibration_method=request.calibration_method,
         high_precision="fp16" if backend == "tensorrt" else "fp32",
+        progress=request.progress,
     )
     log(
         f"INT8 Q/DQ by {q.method}: {q.qdq_pairs} quantizers, {', '.join(q.excluded_ops)} kept out of INT8"
@@ -253,7 +386,7 @@ def _int8(
             "excluded_ops": list(q.excluded_ops),
         }
     )
-    accuracy = _gate(source.path, path, gate_data, "int8", request.gate_threshold, log)
+    accuracy = _gate(request, source.path, path, gate_data, "int8", log)
     return _Candidate(path, "int8", quantization, accuracy), gate_data
 
 
@@ -268,7 +401,7 @@ def _fp16(
     from build_engine.fp16 import convert_fp16
 
     path = scratch / "model_fp16.onnx"
-    check = gate_data.images[:8] if gate_data is not None else _random_batch(source.input_size)
+    check = gate_data.images[:8] if gate_data is not None else _random_batch(source.spec)
     f = convert_fp16(source.path, path, check)
     log(
         f"FP16 ONNX: max |fp16 - fp32| = {f.max_abs_diff:.2e}, LayerNorm/Softmax/reductions kept FP32"
@@ -278,7 +411,7 @@ def _fp16(
     )
     accuracy = None
     if gate_data is not None:
-        accuracy = _gate(source.path, path, gate_data, "fp16", request.gate_threshold, log)
+        accuracy = _gate(request, source.path, path, gate_data, "fp16", log)
         gate_mod.enforce(accuracy, "fp16")
     return _Candidate(path, "fp16", quantization, accuracy)
 
@@ -298,7 +431,8 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
     with tempfile.TemporaryDirectory(prefix="build-engine-") as tmp:
         scratch = Path(tmp)
         source = _source(request, scratch, log)
-        spec = DEFAULT_SPEC.model_copy(update={"input_size": source.input_size})
+        spec = source.spec
+        log(f"preprocessing spec from {source.spec_origin}: {_spec_line(spec)}")
         candidate = _Candidate(source.path, "fp32", Quantization.model_validate({}))
         gate_data: LabelledBatch | None = None
         if precision == "int8":
@@ -315,6 +449,16 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
             gate_data = load_gate_only(request.gate_data, request.gate_size, spec)
         if precision == "fp16":
             candidate = _fp16(request, source, gate_data, scratch, log)
+        shipped = describe_onnx(load_onnx(candidate.path), str(candidate.path))
+        if (shipped.input_name, shipped.output_name) != (
+            source.info.input_name,
+            source.info.output_name,
+        ):
+            raise ExportError(
+                f"{candidate.precision} conversion renamed the model's tensors "
+                f"({source.info.input_name}->{source.info.output_name} became "
+                f"{shipped.input_name}->{shipped.output_name}); report this as a bug"
+            )
         files, trt_info, kernel_info = _backend_files(
             request, backend, device, candidate.path, scratch, log
         )
@@ -328,6 +472,8 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
             backend=backend,
             precision=candidate.precision,
             model_file="model.plan" if backend == "tensorrt" else "model.onnx",
+            input_name=shipped.input_name,
+            output_name=shipped.output_name,
             batch=request.batch,
             source_onnx_sha256=sha256_file(source.path),
             quantization=candidate.quantization,
@@ -341,9 +487,18 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
     return written
 
 
-def _random_batch(size: int) -> np.ndarray:
+def _random_batch(spec: PreprocessSpec) -> np.ndarray:
     """Inputs in the model's range for the FP16 check when no labelled images were given."""
-    return np.random.default_rng(0).uniform(-1.0, 1.0, (4, 3, size, size)).astype(np.float32)
+    s = spec.input_size
+    pixels = np.random.default_rng(0).uniform(0.0, 255.0, (4, 3, s, s)).astype(np.float32)
+    return pixels * np.float32(spec.scale) + np.float32(spec.offset)
+
+
+def _spec_line(spec: PreprocessSpec) -> str:
+    return (
+        f"{spec.input_size}x{spec.input_size}, crop {spec.crop}, {spec.interpolation}, "
+        f"{spec.channel_order}, x * {spec.scale:.6g} + {spec.offset:g}"
+    )
 
 
 def _backend_files(

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from build_engine.errors import CalibrationError, PrecisionError
-from build_engine.export import load_onnx
+from build_engine.export import describe_onnx, load_onnx
 from build_engine.fp16 import KEEP_FLOAT32_OPS
+from build_engine.progress import bar, ticking
 
 if TYPE_CHECKING:
     import onnx
@@ -78,7 +79,13 @@ def _modelopt_without_stub_tensorrt() -> None:
 
 
 def _quantize_modelopt(
-    src: Path, dst: Path, calib: np.ndarray, calibration_method: str, high_precision: str
+    src: Path,
+    dst: Path,
+    calib: np.ndarray,
+    calibration_method: str,
+    high_precision: str,
+    input_name: str,
+    progress: bool = False,
 ) -> str | None:
     """Run ModelOpt in a child Python process.
 
@@ -94,21 +101,23 @@ def _quantize_modelopt(
     np.save(calib_file, calib)
     code = "import sys; from build_engine.quantize import _modelopt_worker; _modelopt_worker(*sys.argv[1:])"
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                code,
-                str(src),
-                str(dst),
-                str(calib_file),
-                calibration_method,
-                high_precision,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        with ticking(f"INT8 calibration on {len(calib)} images (ModelOpt)", progress):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    str(src),
+                    str(dst),
+                    str(calib_file),
+                    calibration_method,
+                    high_precision,
+                    input_name,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
     finally:
         calib_file.unlink(missing_ok=True)
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
@@ -121,7 +130,12 @@ def _quantize_modelopt(
 
 
 def _modelopt_worker(
-    src: str, dst: str, calib_file: str, calibration_method: str, high_precision: str
+    src: str,
+    dst: str,
+    calib_file: str,
+    calibration_method: str,
+    high_precision: str,
+    input_name: str,
 ) -> None:
     """Child-process body of :func:`_quantize_modelopt`: its last stderr line is the error."""
     import sys
@@ -137,7 +151,7 @@ def _modelopt_worker(
         quantize(
             src,
             quantize_mode="int8",
-            calibration_data={"input": np.load(calib_file)},
+            calibration_data={input_name: np.load(calib_file)},
             calibration_method=calibration_method,
             calibration_eps=["cpu"],
             op_types_to_exclude=list(EXCLUDED_OPS),
@@ -159,21 +173,27 @@ def _modelopt_worker(
 class _BatchReader:
     """ONNX Runtime's CalibrationDataReader protocol over an N x 3 x S x S array."""
 
-    def __init__(self, data: np.ndarray, input_name: str) -> None:
+    def __init__(self, data: np.ndarray, input_name: str, progress: bool = False) -> None:
         self.data, self.input_name, self.pos = data, input_name, 0
+        self.bar = bar("INT8 calibration", len(data), progress, unit="img")
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.pos >= len(self.data):
+            self.bar.close()
             return None
         batch = self.data[self.pos : self.pos + CALIBRATION_BATCH]
         self.pos += CALIBRATION_BATCH
+        self.bar.update(len(batch))
         return {self.input_name: batch}
 
     def rewind(self) -> None:
         self.pos = 0
+        self.bar.reset()
 
 
-def _quantize_onnxruntime(src: Path, dst: Path, calib: np.ndarray, input_name: str) -> None:
+def _quantize_onnxruntime(
+    src: Path, dst: Path, calib: np.ndarray, input_name: str, progress: bool = False
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -191,7 +211,7 @@ def _quantize_onnxruntime(src: Path, dst: Path, calib: np.ndarray, input_name: s
         quantize_static(
             str(src),
             str(dst),
-            Reader(calib, input_name),
+            Reader(calib, input_name, progress),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(ORT_QUANTIZED_OPS),
             per_channel=True,
@@ -337,6 +357,7 @@ def quantize_int8(
     method: Method = "auto",
     calibration_method: Literal["entropy", "max"] = "entropy",
     high_precision: Literal["fp32", "fp16"] = "fp32",
+    progress: bool = False,
 ) -> QuantizeReport:
     """Quantize ``src`` (FP32 ONNX) to ``dst`` (INT8 Q/DQ) with calibration inputs ``calib``.
 
@@ -356,10 +377,13 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="quantize-") as scratch:
         prepared, raw = Path(scratch) / "prepared.onnx", Path(scratch) / "qdq.onnx"
         source = load_onnx(src)
+        input_name = describe_onnx(source, str(src)).input_name
         unshare_constants(source)
         onnx.save(source, str(prepared))
         if chosen == "qdq-modelopt":
-            problem = _quantize_modelopt(prepared, raw, calib, calibration_method, high_precision)
+            problem = _quantize_modelopt(
+                prepared, raw, calib, calibration_method, high_precision, input_name, progress
+            )
             if problem is not None:
                 if method == "modelopt":
                     raise CalibrationError(
@@ -367,7 +391,7 @@ def quantize_int8(
                     )
                 chosen, note = "qdq-onnxruntime", f"ModelOpt not used: {problem}"
         if chosen == "qdq-onnxruntime":
-            _quantize_onnxruntime(prepared, raw, calib, source.graph.input[0].name)
+            _quantize_onnxruntime(prepared, raw, calib, input_name, progress)
             if high_precision == "fp16":
                 note = "; ".join(
                     filter(None, [note, "ops outside INT8 stay FP32 (ONNX Runtime's quantizer)"])

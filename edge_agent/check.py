@@ -2,13 +2,15 @@
 
 Config (every mistake with its line), bundle (hashes, device, loadable by its backend), the
 folders the agent writes, the MQTT password, and one connection to the broker. Returns the list
-of problems so :mod:`edge_agent.cli` prints them and sets the exit code.
+of problems so :mod:`edge_agent.cli` prints them, and (:func:`check_report`) the exit code they
+call for: 2 for any config problem, else 4 for a bundle problem, else 1 (the broker).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.agent import load_backend
 from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_config
+from edge_agent.contract import exit_codes
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.mqtt_connection import new_client
 from edge_agent.sources.base import SourceError
@@ -62,13 +65,38 @@ def _writable(path: Path, what: str) -> str | None:
     return None
 
 
+@dataclass
+class CheckReport:
+    """The problems found, one line each, and the exit code they call for."""
+
+    problems: list[str] = field(default_factory=list)
+    config: bool = False  # any problem of the config itself (keys, folders, credentials)
+    bundle: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.config:
+            return exit_codes.USAGE
+        if self.bundle:
+            return exit_codes.INVALID_BUNDLE
+        return exit_codes.FAILURE if self.problems else exit_codes.OK
+
+
 def check(config_path: Path, *, broker: bool = True) -> list[str]:
     """Every problem found, one line each; empty when the agent can start."""
+    return check_report(config_path, broker=broker).problems
+
+
+def check_report(config_path: Path, *, broker: bool = True) -> CheckReport:
+    """:func:`check` with the exit code its problems call for."""
+    report = CheckReport()
     try:
         config: AgentConfig = load_config(config_path)
     except ConfigError as exc:
-        return list(exc.problems)
-    problems: list[str] = []
+        report.problems.extend(exc.problems)
+        report.config = True
+        return report
+    problems = report.problems
     for sc in config.sources:
         if sc.scheme not in SCHEMES:
             problems.append(
@@ -90,16 +118,19 @@ def check(config_path: Path, *, broker: bool = True) -> list[str]:
         problem = _writable(path, what)
         if problem:
             problems.append(problem)
+    report.config = bool(problems)
     try:
         _, backend = load_backend(config)
         backend.close()
     except GalaxyEdgeError as exc:
         problems.append(f"bundle {config.bundle}: {exc}")
+        report.bundle = True
     try:
         config.mqtt.password()
     except ConfigError as exc:
         problems.extend(exc.problems)
-        return problems
+        report.config = True
+        return report
     if broker:
         try:
             problem = probe_broker(config.mqtt)
@@ -107,4 +138,4 @@ def check(config_path: Path, *, broker: bool = True) -> list[str]:
             problem = str(exc)
         if problem:
             problems.append(problem)
-    return problems
+    return report

@@ -1,7 +1,8 @@
 """``edge-agent``: run the daemon, check a deployment, print the version.
 
 Thin on purpose: parsing, logging set-up, signals, and turning typed errors into one-line
-messages and exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
+messages and the exit codes of :mod:`edge_agent.contract.exit_codes` (0 ok, 1 runtime failure,
+2 bad config or usage, 4 stale or invalid bundle).
 """
 
 from __future__ import annotations
@@ -15,16 +16,31 @@ from types import FrameType
 
 from edge_agent import __version__
 from edge_agent.config import ConfigError, load_config
-from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.contract import exit_codes
+from edge_agent.contract.errors import GalaxyEdgeError, ManifestError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description="Galaxy10 classifier daemon")
+def build_parser() -> argparse.ArgumentParser:
+    epilog = exit_codes.epilog()
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Galaxy10 classifier daemon",
+        epilog=epilog,
+        formatter_class=raw,
+    )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon (systemd Type=notify)")
+    run = sub.add_parser(
+        "run", help="run the daemon (systemd Type=notify)", epilog=epilog, formatter_class=raw
+    )
     run.add_argument("--config", type=Path, required=True, help="YAML config file")
-    chk = sub.add_parser("check", help="validate config and bundle, try the broker")
+    chk = sub.add_parser(
+        "check",
+        help="validate config and bundle, try the broker",
+        epilog=epilog,
+        formatter_class=raw,
+    )
     chk.add_argument("config_file", type=Path, nargs="?", help="YAML config file")
     chk.add_argument("--config", type=Path, help="YAML config file (same as the positional)")
     chk.add_argument("--no-broker", action="store_true", help="skip the broker connection")
@@ -39,7 +55,7 @@ def _run(config_path: Path) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(f"edge-agent: {line}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     logging.basicConfig(
         level=config.log_level,
         format="%(levelname)s %(name)s: %(message)s",  # journald adds the time
@@ -59,23 +75,28 @@ def _run(config_path: Path) -> int:
         agent.start()
     except GalaxyEdgeError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 1
+        if isinstance(exc, ManifestError):
+            return exit_codes.INVALID_BUNDLE
+        return exit_codes.USAGE if isinstance(exc, ConfigError) else exit_codes.FAILURE
     return agent.run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's usage error (2)
+        return exc.code if isinstance(exc.code, int) else exit_codes.USAGE
     if args.command == "run":
         return _run(args.config)
     path = args.config or args.config_file
     if path is None:
         print("edge-agent check: give the config file (edge-agent check FILE)", file=sys.stderr)
-        return 2
-    from edge_agent.check import check
+        return exit_codes.USAGE
+    from edge_agent.check import check_report
 
-    problems = check(path, broker=not args.no_broker)
-    for line in problems:
+    report = check_report(path, broker=not args.no_broker)
+    for line in report.problems:
         print(f"edge-agent: {line}", file=sys.stderr)
-    if not problems:
+    if not report.problems:
         print(f"edge-agent: {path}: config, bundle and broker OK")
-    return 1 if problems else 0
+    return report.exit_code

@@ -1,7 +1,9 @@
 """Checkpoints: best weights for export, and the full training state for ``--resume``.
 
 - ``best.safetensors``: the best epoch's state dict; its metadata holds the resolved training
-  config under ``galaxy_edge_config``, so the file alone is enough to rebuild the model.
+  config under ``galaxy_edge_config`` (with the preprocessing spec the model was trained for),
+  so the file alone is enough to rebuild the model. ``best.safetensors.sha256`` records its hash
+  (:mod:`training.weights`); every reader verifies it first.
 - ``last.pt``: model, optimizer, scheduler, grad scaler, early-stopping state, history and RNG
   states after the last finished epoch, written atomically each epoch.
 
@@ -20,10 +22,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from edge_agent.contract.manifest import TrainingProvenance, sha256_file
+from edge_agent.contract.manifest import TrainingProvenance
+from edge_agent.contract.preprocess import PreprocessSpec
 from training.config import TrainConfig, config_from_json, config_to_json
-from training.errors import CheckpointError
+from training.errors import CheckpointError, TrainingError, UsageError
 from training.model import create_model
+from training.weights import record_weights, sha256_of, verify_weights
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.pt"
@@ -39,6 +43,7 @@ class ExportableModel:
     input_size: int
     provenance: TrainingProvenance
     config: TrainConfig
+    spec: PreprocessSpec  # the eval transform the model was trained with
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,7 +65,10 @@ def save_best(model: torch.nn.Module, config: TrainConfig, run_dir: Path) -> Pat
     path = Path(run_dir) / BEST_NAME
     tmp = path.with_name(path.name + ".tmp")
     save_file(cpu_state(model), str(tmp), metadata={CONFIG_KEY: config_to_json(config)})
+    digest = sha256_of(tmp)
     os.replace(tmp, path)
+    # A crash between these two lines leaves a hash that does not match: refused, never trusted.
+    record_weights(path, digest)
     return path
 
 
@@ -84,18 +92,23 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def resolve_weights(path: Path) -> Path:
-    """``best.safetensors`` of a run directory, or the given ``.safetensors`` file."""
+def find_weights(path: Path) -> Path:
+    """``best.safetensors`` of a run directory, or the given ``.safetensors`` file (unverified)."""
     path = Path(path)
     if path.is_dir():
         path = path / BEST_NAME
     if not path.is_file():
-        raise CheckpointError(
-            f"{path}: no checkpoint here (expected a run directory or .safetensors)"
-        )
+        raise UsageError(f"{path}: no checkpoint here (expected a run directory or .safetensors)")
     if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path}: not a .safetensors checkpoint")
+        raise UsageError(f"{path}: not a .safetensors checkpoint")
     return path
+
+
+def resolve_weights(path: Path) -> Path:
+    """:func:`find_weights`, verified against the sha256 the run recorded when it wrote them."""
+    weights = find_weights(path)
+    verify_weights(weights)
+    return weights
 
 
 def read_checkpoint_config(path: Path) -> TrainConfig:
@@ -108,10 +121,15 @@ def read_checkpoint_config(path: Path) -> TrainConfig:
         raise CheckpointError(
             f"{path}: no {CONFIG_KEY} metadata; not a galaxy-train checkpoint (retrain or re-save)"
         )
-    return config_from_json(metadata[CONFIG_KEY], f"{path} metadata")
+    try:
+        return config_from_json(metadata[CONFIG_KEY], f"{path} metadata")
+    except TrainingError as exc:
+        raise CheckpointError(f"{exc}; the checkpoint's config does not validate") from exc
 
 
-def read_provenance(weights: Path, config: TrainConfig) -> TrainingProvenance:
+def read_provenance(
+    weights: Path, config: TrainConfig, sha256: str | None = None
+) -> TrainingProvenance:
     """Provenance from ``metrics.json`` beside the weights, when the run got that far."""
     metrics_path = weights.parent / METRICS_NAME
     test: dict[str, Any] = {}
@@ -128,7 +146,7 @@ def read_provenance(weights: Path, config: TrainConfig) -> TrainingProvenance:
         split_seed=config.seed,
         test_accuracy=test.get("accuracy"),
         macro_f1=test.get("macro_f1"),
-        checkpoint_sha256=sha256_file(weights),
+        checkpoint_sha256=sha256 or sha256_of(weights),
     )
 
 
@@ -149,15 +167,18 @@ def load_model_weights(path: Path) -> tuple[torch.nn.Module, TrainConfig]:
 def load_for_export(path: Path) -> ExportableModel:
     """The trained model (eval, CPU, float32) and what a bundle records about it.
 
-    ``path`` is a run directory or a ``.safetensors`` checkpoint written by ``galaxy-train``.
+    ``path`` is a run directory or a ``.safetensors`` checkpoint written by ``galaxy-train``;
+    its weights are verified against their recorded sha256 before they are read.
     """
-    weights = resolve_weights(path)
+    weights = find_weights(path)
+    sha256 = verify_weights(weights)
     model, config = load_model_weights(weights)
     return ExportableModel(
         model=model,
         model_name=config.model,
         num_classes=config.num_classes,
         input_size=config.image_size,
-        provenance=read_provenance(weights, config),
+        provenance=read_provenance(weights, config, sha256),
         config=config,
+        spec=config.spec,
     )

@@ -1,20 +1,28 @@
-"""``galaxy-train``: train a classifier, or evaluate a checkpoint on a labelled set.
+"""galaxy-train: train a classifier, or evaluate a checkpoint on a labelled set.
 
 A thin layer: argument parsing, then :func:`training.train.train` or
 :func:`training.evaluate.evaluate_checkpoint`. Errors of this project become one line on stderr
-and exit status 2; everything else is a bug and keeps its traceback.
+and an exit code of :mod:`edge_agent.contract.exit_codes`; everything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from edge_agent import __version__
+from edge_agent.contract import exit_codes
 from edge_agent.contract.errors import GalaxyEdgeError
 
-EXIT_ERROR = 2
+DESCRIPTION = "Train a Galaxy10 classifier, or evaluate a checkpoint on a labelled set."
+TRAIN_NOTES = (
+    "The run directory gets best.safetensors (with its resolved config and preprocessing spec), "
+    "best.safetensors.sha256, config.json, split.json, metrics.json and plots."
+)
 
 
 def _kwarg(text: str) -> tuple[str, int | float | str | bool]:
@@ -35,11 +43,35 @@ def _kwarg(text: str) -> tuple[str, int | float | str | bool]:
     return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="galaxy-train", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _spec_file(text: str) -> dict[str, Any]:
+    """A preprocessing spec JSON file, read (validated with the rest of the config)."""
+    try:
+        data = json.loads(Path(text).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text}: unreadable spec ({exc})") from exc
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{text}: a spec is a JSON object")
+    return data
 
-    t = sub.add_parser("train", help="train a model; writes a run directory")
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = exit_codes.epilog()
+    parser = argparse.ArgumentParser(
+        prog="galaxy-train",
+        description=DESCRIPTION,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"galaxy-train {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
+
+    t = sub.add_parser(
+        "train",
+        help="train a model; writes a run directory",
+        description="Train a model into a run directory. " + TRAIN_NOTES,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--data", help="Galaxy10_DECals.h5, a labels CSV or a folder of class folders")
     t.add_argument("--out", required=True, type=Path, help="run directory")
     t.add_argument("--config", type=Path, help="JSON config file; options given here override it")
@@ -57,14 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
     t.add_argument("--batch-size", type=int, help="default 32")
     t.add_argument("--image-size", type=int, help="model input side S (default 256)")
+    t.add_argument(
+        "--preprocess-spec",
+        type=_spec_file,
+        metavar="SPEC.json",
+        help="the inference transform (input_size, crop, scale, offset...; see "
+        "edge_agent.contract.preprocess); default: centre square, x / 127.5 - 1. It travels "
+        "with the model into the ONNX file and the bundle",
+    )
     t.add_argument("--lr", type=float, help="initial learning rate (default 0.002)")
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
     t.add_argument("--drop-rate", type=float, help="dropout before the head (default 0.2)")
     t.add_argument("--label-smoothing", type=float, help="default 0 (plain sparse cross-entropy)")
     t.add_argument("--grad-clip-norm", type=float, help="clip gradients to this norm (default off)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
-    t.add_argument("--val-fraction", type=float, help="default 0.1")
-    t.add_argument("--test-fraction", type=float, help="default 0.1")
+    t.add_argument("--val-fraction", type=float, help="share of images for validation (0.1)")
+    t.add_argument("--test-fraction", type=float, help="share of images for the test (0.1)")
     t.add_argument("--limit", type=int, help="use N images spread evenly over the set (smoke runs)")
     t.add_argument("--seed", type=int, help="seed of the split, the init and the augmentation")
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -79,9 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip the duplicate-with-conflicting-label scan",
     )
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    t.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bars (the per-epoch lines stay)",
+    )
 
-    e = sub.add_parser("evaluate", help="classification report of a checkpoint on a labelled set")
+    e = sub.add_parser(
+        "evaluate",
+        help="classification report of a checkpoint on a labelled set",
+        description="Classification report (the paper's Table 2) of a checkpoint, whose weights "
+        "are verified against their recorded sha256 first.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("--checkpoint", required=True, type=Path, help="run directory or .safetensors")
     e.add_argument("--data", required=True, type=Path, help="h5, labels CSV or class folders")
     e.add_argument(
@@ -92,11 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--tta", action="store_true", help="also average the 8 dihedral transforms")
     e.add_argument("--out", type=Path, help="write evaluation.json and confusion_matrix.png here")
-    e.add_argument("--limit", type=int)
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--workers", type=int, default=0)
-    e.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    e.add_argument("--limit", type=int, help="use N images spread evenly over the set")
+    e.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    e.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    e.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    e.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=True,
+        help="no progress bar",
+    )
     return parser
 
 
@@ -112,28 +171,39 @@ def train_config_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
     if args.model_kwarg:
         values["model_kwargs"] = dict(args.model_kwarg)
+    if args.preprocess_spec is not None:
+        values["preprocess"] = args.preprocess_spec
+        size = args.preprocess_spec.get("input_size")
+        if "image_size" not in values and isinstance(size, int):
+            values["image_size"] = size
     values["out"] = str(args.out)
     return values
 
 
-def run_train(args: argparse.Namespace) -> int:
-    import json
+def _require_path(path: str | Path, option: str) -> None:
+    """Fail fast (exit 2) on an input path that does not exist, before any slow import."""
+    from training.errors import UsageError
 
+    if not Path(path).exists():
+        raise UsageError(
+            f"{path}: does not exist; {option} takes an .h5 file, a labels CSV or a class-folder tree"
+        )
+
+
+def run_train(args: argparse.Namespace) -> int:
     from training.config import CONFIG_NAME, load_config, make_config
-    from training.errors import TrainingError
+    from training.errors import UsageError
     from training.train import train
 
     given = train_config_values(args)
     if args.resume:
         saved = load_config(args.out / CONFIG_NAME)
         allowed = {"out", "epochs", "device", "workers", "progress", "amp"}
-        changed = sorted(k for k in given if k not in allowed and given[k] != getattr(saved, k))
-        if changed:
-            raise TrainingError(
-                f"--resume keeps the run's config; cannot change {', '.join(changed)}"
-            )
         base = saved.model_dump(mode="json")
-        base.pop("preprocess", None)
+        changed = sorted(k for k in given if k not in allowed and given[k] != base.get(k))
+        if changed:
+            raise UsageError(f"--resume keeps the run's config; cannot change {', '.join(changed)}")
+        # The saved preprocess spec stays: the resumed epochs must see what the first ones saw.
         config = make_config({**base, **given}, str(args.out / CONFIG_NAME))
     else:
         base = {}
@@ -141,10 +211,11 @@ def run_train(args: argparse.Namespace) -> int:
             try:
                 base = json.loads(args.config.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
-                raise TrainingError(f"{args.config}: unreadable config ({exc})") from exc
+                raise UsageError(f"{args.config}: unreadable config ({exc})") from exc
         if "data" not in given and "data" not in base:
-            raise TrainingError("--data is required (an .h5, a labels CSV or a class-folder tree)")
+            raise UsageError("--data is required (an .h5, a labels CSV or a class-folder tree)")
         config = make_config({**base, **given}, str(args.config or "options"))
+    _require_path(config.data, "--data")
     metrics = train(config, resume=args.resume)
     if metrics:
         test = metrics.get("test") or {}
@@ -153,13 +224,16 @@ def run_train(args: argparse.Namespace) -> int:
             f"test acc {test.get('accuracy', float('nan')):.4f}, macro-F1 {test.get('macro_f1', float('nan')):.4f}, "
             f"{metrics['seconds_per_epoch']:.1f} s/epoch, peak RSS {metrics['peak_rss_bytes'] / 2**20:.0f} MiB"
         )
-    return 0
+    return exit_codes.OK
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    _require_path(args.data, "--data")
+    from training.checkpoint import resolve_weights
     from training.evaluate import evaluate_checkpoint
     from training.runtime import resolve_device
 
+    resolve_weights(args.checkpoint)  # missing or tampered weights: refused before the data
     evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -172,25 +246,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=args.progress,
     )
-    return 0
+    return exit_codes.OK
+
+
+def exit_code(exc: GalaxyEdgeError) -> int:
+    """The exit code of a typed error (:mod:`edge_agent.contract.exit_codes`)."""
+    from training.errors import ModelError, UsageError
+
+    return exit_codes.USAGE if isinstance(exc, (UsageError, ModelError)) else exit_codes.FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except SystemExit as exc:  # --help, --version, or argparse's one-line usage error
+        return exc.code if isinstance(exc.code, int) else exit_codes.USAGE
     try:
         if args.command == "train":
             return run_train(args)
         return run_evaluate(args)
     except GalaxyEdgeError as exc:
         print(f"galaxy-train: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("galaxy-train: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
-from training.errors import TrainingError
+from training.errors import UsageError
 
 CONFIG_NAME = "config.json"
 
@@ -42,7 +42,10 @@ class AugmentConfig(_Strict):
         default=0.0, ge=0.0, le=1.0, description="+- multiplicative jitter, off by default"
     )
     noise: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="std of Gaussian noise on [-1, 1] input"
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="std of Gaussian noise on [-1, 1] input (scaled to other input ranges)",
     )
 
     @model_validator(mode="after")
@@ -116,11 +119,11 @@ def config_error_line(exc: ValidationError, source: str) -> str:
 
 
 def make_config(values: dict[str, Any], source: str = "options") -> TrainConfig:
-    """Validate ``values`` into a config, raising :class:`TrainingError` with one line."""
+    """Validate ``values`` into a config, raising :class:`UsageError` with one line."""
     try:
         config = TrainConfig.model_validate(values)
     except ValidationError as exc:
-        raise TrainingError(config_error_line(exc, source)) from exc
+        raise UsageError(config_error_line(exc, source)) from exc
     return config.model_copy(update={"preprocess": config.spec})
 
 
@@ -132,7 +135,7 @@ def config_from_json(text: str, source: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate_json(text)
     except ValidationError as exc:
-        raise TrainingError(config_error_line(exc, source)) from exc
+        raise UsageError(config_error_line(exc, source)) from exc
 
 
 def save_config(config: TrainConfig, run_dir: Path) -> Path:
@@ -146,5 +149,5 @@ def load_config(path: Path) -> TrainConfig:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise TrainingError(f"{path}: cannot read config ({exc.strerror})") from exc
+        raise UsageError(f"{path}: cannot read config ({exc.strerror})") from exc
     return config_from_json(text, str(path))

@@ -79,13 +79,23 @@ def make_loader(
     )
 
 
+def value_range(spec: PreprocessSpec) -> tuple[float, float]:
+    """The model-input values of pixels 0 and 255 under ``spec``, lowest first."""
+    ends = (spec.offset, 255.0 * spec.scale + spec.offset)
+    return min(ends), max(ends)
+
+
 def augment_batch(
-    batch: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
+    batch: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator | None = None,
+    input_range: tuple[float, float] = (-1.0, 1.0),
 ) -> torch.Tensor:
     """Random rotation, flips, zoom and shift of an N x 3 x S x S batch, per image, on its device.
 
     ``generator`` (on the batch's device) makes it reproducible; values stay in the input range
-    because bilinear sampling interpolates and reflection pads.
+    because bilinear sampling interpolates and reflection pads. ``input_range`` is the range of
+    the spec's inputs (:func:`value_range`): jitter is scaled to it and clamped back into it.
     """
     n = batch.shape[0]
     dev = batch.device
@@ -115,12 +125,18 @@ def augment_batch(
     out = F.grid_sample(
         source, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
-    if config.contrast > 0:
-        out = out * uniform(1.0 - config.contrast, 1.0 + config.contrast).view(n, 1, 1, 1)
+    lo, hi = input_range
+    if config.contrast > 0:  # around the middle of the range, as it is 0 for [-1, 1]
+        middle = (lo + hi) / 2.0
+        out = middle + (out - middle) * uniform(1.0 - config.contrast, 1.0 + config.contrast).view(
+            n, 1, 1, 1
+        )
     if config.brightness > 0:
-        out = out + uniform(-config.brightness, config.brightness).view(n, 1, 1, 1) * 2.0
-    if config.noise > 0:
-        out = out + torch.randn(out.shape, device=dev, generator=generator) * config.noise
+        out = out + uniform(-config.brightness, config.brightness).view(n, 1, 1, 1) * (hi - lo)
+    if config.noise > 0:  # std given on [-1, 1] input: scaled with the range's width
+        out = out + torch.randn(out.shape, device=dev, generator=generator) * (
+            config.noise * (hi - lo) / 2.0
+        )
     if config.contrast > 0 or config.brightness > 0 or config.noise > 0:
-        out = out.clamp(-1.0, 1.0)
+        out = out.clamp(lo, hi)
     return out

@@ -13,3 +13,7 @@ class ModelError(TrainingError):
 
 class CheckpointError(TrainingError):
     """A checkpoint or run directory that is missing, corrupt or does not match the run."""
+
+
+class UsageError(TrainingError):
+    """Options, a config file or an input path that are wrong before any work starts (exit 2)."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training.errors import TrainingError
+from training.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise TrainingError(
+        raise UsageError(
             f"--device {name!r}: not a device (use auto, cpu, cuda or cuda:N)"
         ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(
-            f"--device {name}: CUDA is not available here; use --device cpu or auto"
-        )
+        raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
-        raise TrainingError(f"--device {name}: only cpu and cuda are supported")
+        raise UsageError(f"--device {name}: only cpu and cuda are supported")
     return device
 
 
@@ -52,7 +50,7 @@ def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
     """Mixed precision on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16."""
     if choice == "off" or device.type != "cuda":
         if choice in ("fp16", "bf16") and device.type != "cuda":
-            raise TrainingError(f"--amp {choice} needs a CUDA device; use --amp auto or off")
+            raise UsageError(f"--amp {choice} needs a CUDA device; use --amp auto or off")
         return None
     if choice == "fp16":
         return torch.float16

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from training.errors import TrainingError
+from training.errors import TrainingError, UsageError
 
 SPLIT_NAME = "split.json"
 PARTS = ("train", "val", "test")
@@ -33,7 +33,7 @@ class Split:
 
     def part(self, name: str) -> np.ndarray:
         if name not in PARTS:
-            raise TrainingError(f"unknown split part {name!r}; expected one of {', '.join(PARTS)}")
+            raise UsageError(f"unknown split part {name!r}; expected one of {', '.join(PARTS)}")
         result: np.ndarray = getattr(self, name)
         return result
 
@@ -118,7 +118,7 @@ def load_split(path: Path, labels: np.ndarray | None = None) -> Split:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: unreadable split file ({exc})") from exc
     if labels is not None and labels_fingerprint(labels) != split.fingerprint:
-        raise TrainingError(
+        raise UsageError(
             f"{path}: split was made for another data set (labels differ); "
             "use the same --data and --limit, or start a new run directory"
         )

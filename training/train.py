@@ -29,9 +29,15 @@ from training.checkpoint import (
     unwrap,
 )
 from training.config import TrainConfig, save_config
-from training.data import PreprocessedImages, augment_batch, default_workers, make_loader
+from training.data import (
+    PreprocessedImages,
+    augment_batch,
+    default_workers,
+    make_loader,
+    value_range,
+)
 from training.early_stopping import EarlyStopping
-from training.errors import CheckpointError, TrainingError
+from training.errors import TrainingError, UsageError
 from training.evaluate import predict
 from training.model import create_model
 from training.report import write_report
@@ -57,7 +63,7 @@ def _prepare_split(
         return load_split(path, images.labels)
     split = make_split(images.labels, config.seed, config.val_fraction, config.test_fraction)
     if len(split.train) == 0 or len(split.val) == 0:
-        raise TrainingError(
+        raise UsageError(
             f"{config.data}: {len(images)} images leave no training or validation images; "
             "use more data or other --val-fraction/--test-fraction"
         )
@@ -67,10 +73,10 @@ def _prepare_split(
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / LAST_NAME).is_file():
-            raise CheckpointError(f"{run_dir / LAST_NAME}: nothing to resume; drop --resume")
+            raise UsageError(f"{run_dir / LAST_NAME}: nothing to resume; drop --resume")
         return
     if (run_dir / LAST_NAME).exists() or (run_dir / BEST_NAME).exists():
-        raise TrainingError(
+        raise UsageError(
             f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
         )
     try:
@@ -104,7 +110,12 @@ def _train_epoch(
         leave=False,
     )
     for batch, target in bar:
-        batch = augment_batch(batch.to(device, non_blocking=True), config.augment, generator)
+        batch = augment_batch(
+            batch.to(device, non_blocking=True),
+            config.augment,
+            generator,
+            value_range(config.spec),
+        )
         target = target.to(device, non_blocking=True)
         with torch.autocast(
             device.type,

@@ -17,8 +17,10 @@ import pytest
 from bundle_testkit import manifest_for
 
 from build_engine.device import DeviceInfo
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 
 TINY_SIZE = 64
+TINY_SPEC = DEFAULT_SPEC.model_copy(update={"input_size": TINY_SIZE})
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +44,18 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Pat
         "mobilevit_xxs",
         TrainingProvenance(dataset="synthetic", split_seed=1),
         report.parameters,
+        TINY_SPEC,
     )
+    return path
+
+
+@pytest.fixture(scope="session")
+def bare_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Path:
+    """The tiny model exported without any galaxy-edge metadata (someone else's ONNX file)."""
+    from build_engine.export import export_module
+
+    path = tmp_path_factory.mktemp("bare-onnx") / "bare.onnx"
+    export_module(tiny_torch_model, path, input_size=TINY_SIZE)
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from build_engine.bundle import cache_key, check_output_dir, write_bundle
-from build_engine.errors import BundleError
+from build_engine.errors import BundleError, UsageError
 from edge_agent.contract.errors import ManifestError
 from edge_agent.contract.manifest import (
     TensorRTInfo,
@@ -78,13 +78,13 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
-    with pytest.raises(BundleError, match="not a bundle"):
+    with pytest.raises(UsageError, match="not a bundle"):
         write_bundle(precious, {"model.onnx": model_file}, make_manifest())
     assert (precious / "thesis.tex").read_text() == "do not delete"
 
 
 def test_output_under_a_file_is_refused(tmp_path: Path, model_file: Path) -> None:
-    with pytest.raises(BundleError, match="is a file"):
+    with pytest.raises(UsageError, match="is a file"):
         check_output_dir(model_file / "bundle")
 
 
@@ -92,7 +92,7 @@ def test_output_under_a_file_is_refused(tmp_path: Path, model_file: Path) -> Non
 def test_unwritable_parent_is_refused(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    with pytest.raises(BundleError, match="not writable"):
+    with pytest.raises(UsageError, match="not writable"):
         check_output_dir(ro / "bundle")
 
 
@@ -106,5 +106,11 @@ def test_cache_key_changes_with_what_determines_the_build(make_manifest) -> None
         make_manifest("tensorrt", "fp16", tensorrt=trt.model_copy(update={"version": "10.4.0"})),
         make_manifest("tensorrt", "fp16", tensorrt=trt.model_copy(update={"dla_core": 0})),
         make_manifest("tensorrt", "fp16", tensorrt=trt, source_onnx_sha256="b" * 64),
+        make_manifest(
+            "tensorrt",
+            "fp16",
+            tensorrt=trt,
+            preprocess=base.preprocess.model_copy(update={"crop": "none"}),
+        ),
     ):
         assert cache_key(changed) != cache_key(base)

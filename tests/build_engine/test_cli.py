@@ -21,6 +21,9 @@ from edge_agent.contract.manifest import load_bundle, sha256_file
 
 HAS_TRT = probe().tensorrt_version is not None
 FAST_INT8 = ["--quantizer", "onnxruntime", "--calibration-method", "max"]
+# The tiny labelled sets here are far below the gate's default minimum of 200 images; these
+# tests exercise the plumbing, tests/build_engine/test_gate.py the gate's statistics.
+SMALL_GATE = ["--gate-min-images", "1"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -121,6 +124,7 @@ def test_int8_bundle_records_calibration_and_gate(
         "--gate-threshold",
         100,
         *FAST_INT8,
+        *SMALL_GATE,
     )
     assert rc == EXIT_OK, stderr
     manifest = load_bundle(out)
@@ -130,6 +134,10 @@ def test_int8_bundle_records_calibration_and_gate(
     assert set(q.excluded_ops) == {"LayerNormalization", "Softmax", "Add"}
     gate = manifest.accuracy_gate
     assert gate is not None and gate.images == 12 and gate.passed and gate.threshold_points == 100
+    assert gate.min_images == 1 and gate.interval_level == 0.9 and gate.finding
+    assert gate.both_correct is not None and gate.reference_only_correct is not None
+    assert gate.interval_low_points is not None and gate.interval_high_points is not None
+    assert gate.interval_low_points <= -gate.delta_points <= gate.interval_high_points
     assert "held-out" in gate.source and "calibration" in (q.calibration_source or "")
     model = onnx.load(str(out / "model.onnx"))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10
@@ -155,6 +163,7 @@ def test_gate_refusal_is_an_error_and_writes_nothing(
         "--gate-threshold",
         -100,
         *FAST_INT8,
+        *SMALL_GATE,
     )
     assert rc == EXIT_GATE
     assert stderr.splitlines()[-1].startswith("build-engine: error: accuracy gate REFUSED for int8")
@@ -218,6 +227,7 @@ def test_fallback_builds_fp16_loudly_when_int8_is_refused(
         15,
         "--gate-threshold",
         40,
+        *SMALL_GATE,
     ]
     rc, _, stderr = run(capsys, *args)
     assert rc == EXIT_GATE and not out.exists()
@@ -269,14 +279,18 @@ def _bad_inputs(
     a_file.write_text("x")
     int8 = ["--onnx", tiny, "--precision", "int8", *FAST_INT8]
     return {
-        "missing onnx": (["--onnx", tmp / "absent.onnx"], "ONNX file not found"),
+        "missing onnx": (["--onnx", tmp / "absent.onnx"], "not found"),
         "corrupt onnx": (["--onnx", corrupt], "not a valid ONNX model"),
         "wrong classes": (["--onnx", five], "expected [N, 10]"),
-        "missing checkpoint": (["--checkpoint", tmp / "no-run"], "checkpoint not found"),
+        "missing checkpoint": (["--checkpoint", tmp / "no-run"], "no checkpoint here"),
         "int8 without data": (int8, "needs --calib-data"),
-        "empty calibration set": ([*int8, "--calib-data", empty_csv], "empty"),
+        "empty calibration set": ([*int8, *SMALL_GATE, "--calib-data", empty_csv], "empty"),
         "unlabelled calibration set": ([*int8, "--calib-data", flat], "no class sub-folders"),
         "missing calibration set": ([*int8, "--calib-data", tmp / "nope.csv"], "not found"),
+        "gate set too small": (
+            [*int8, "--calib-data", csv_path],
+            "needs at least 200 held-out images, got 20",
+        ),
         "dla on cpu bundle": (
             ["--onnx", tiny, "--dla-core", 0, "--backend", "onnxruntime"],
             "--dla-core",
@@ -287,25 +301,28 @@ def _bad_inputs(
 
 
 @pytest.mark.parametrize(
-    "case",
+    ("case", "code"),
     [
-        "missing onnx",
-        "corrupt onnx",
-        "wrong classes",
-        "missing checkpoint",
-        "int8 without data",
-        "empty calibration set",
-        "unlabelled calibration set",
-        "missing calibration set",
-        "dla on cpu bundle",
-        "fallback without int8",
-        "output under a file",
+        ("missing onnx", EXIT_USAGE),
+        ("corrupt onnx", EXIT_ERROR),
+        ("wrong classes", EXIT_ERROR),
+        ("missing checkpoint", EXIT_USAGE),
+        ("int8 without data", EXIT_USAGE),
+        ("empty calibration set", EXIT_USAGE),
+        ("unlabelled calibration set", EXIT_USAGE),
+        ("missing calibration set", EXIT_USAGE),
+        ("gate set too small", EXIT_USAGE),
+        ("dla on cpu bundle", EXIT_USAGE),
+        ("fallback without int8", EXIT_USAGE),
+        ("output under a file", EXIT_USAGE),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
     case: str,
+    code: int,
     tiny_onnx: Path,
     five_class_onnx: Path,
+    labelled_csv: Path,
     tmp_path: Path,
     no_leftovers: Path,
     capsys,
@@ -314,11 +331,11 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     monkeypatch.setitem(sys.modules, "training.checkpoint", types.ModuleType("training.checkpoint"))
     data = tmp_path / "data"
     data.mkdir()
-    argv, expected = _bad_inputs(data, tiny_onnx, five_class_onnx, tmp_path)[case]
+    argv, expected = _bad_inputs(data, tiny_onnx, five_class_onnx, labelled_csv)[case]
     if "--out" not in argv:
         argv = [*argv, "--out", no_leftovers / "bundle"]
     rc, stdout, stderr = run(capsys, *argv)
-    assert rc == EXIT_ERROR, stderr
+    assert rc == code, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("build-engine: error:")]
     assert len(errors) == 1 and expected in errors[0], stderr
     assert errors[0] == stderr.splitlines()[-1]
@@ -330,7 +347,7 @@ def test_tensorrt_backend_needs_the_device(tiny_onnx: Path, no_leftovers: Path, 
     rc, _, stderr = run(
         capsys, "--onnx", tiny_onnx, "--out", no_leftovers / "b", "--backend", "tensorrt"
     )
-    assert rc == EXIT_ERROR
+    assert rc == EXIT_USAGE
     assert (
         stderr.strip()
         .splitlines()[-1]

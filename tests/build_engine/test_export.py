@@ -14,6 +14,8 @@ from build_engine.errors import ExportError
 from build_engine.export import (
     EXPORT_ATOL,
     EXPORT_RTOL,
+    EXPORT_STEPS,
+    META_PREPROCESS,
     describe_onnx,
     export_checkpoint,
     export_module,
@@ -22,6 +24,9 @@ from build_engine.export import (
     run_onnx,
 )
 from edge_agent.contract.manifest import TrainingProvenance
+from edge_agent.contract.preprocess import PreprocessSpec
+
+NON_DEFAULT_SPEC = PreprocessSpec(input_size=64, crop="none", scale=1 / 255, offset=0.0)
 
 
 def test_export_at_256_matches_pytorch_with_dynamic_batch(tiny_torch_model, tmp_path: Path) -> None:
@@ -100,6 +105,7 @@ class _Loaded:
     num_classes: int
     input_size: int
     provenance: TrainingProvenance
+    spec: PreprocessSpec = NON_DEFAULT_SPEC
 
 
 def _fake_training(monkeypatch: pytest.MonkeyPatch, loaded: _Loaded) -> None:
@@ -108,7 +114,7 @@ def _fake_training(monkeypatch: pytest.MonkeyPatch, loaded: _Loaded) -> None:
     monkeypatch.setitem(sys.modules, "training.checkpoint", module)
 
 
-def test_export_checkpoint_records_name_and_provenance(
+def test_export_checkpoint_records_name_provenance_and_spec(
     tiny_torch_model, tmp_path: Path, monkeypatch
 ) -> None:
     pytest.importorskip("torch")
@@ -117,13 +123,35 @@ def test_export_checkpoint_records_name_and_provenance(
     (run / "best.safetensors").write_bytes(b"weights")
     prov = TrainingProvenance(dataset="galaxy10", split_seed=3, test_accuracy=0.8, macro_f1=0.7)
     _fake_training(monkeypatch, _Loaded(tiny_torch_model, "mobilevit_xxs", 10, 64, prov))
-    report = export_checkpoint(run, tmp_path / "m.onnx")
-    name, provenance, parameters = read_metadata(load_onnx(tmp_path / "m.onnx"))
-    assert name == "mobilevit_xxs"
-    assert provenance.test_accuracy == 0.8
-    assert provenance.checkpoint_sha256 == report.provenance.checkpoint_sha256
-    assert provenance.checkpoint_sha256 is not None and len(provenance.checkpoint_sha256) == 64
-    assert parameters == report.parameters and parameters > 0
+    steps: list[str] = []
+    report = export_checkpoint(run, tmp_path / "m.onnx", step=steps.append)
+    meta = read_metadata(load_onnx(tmp_path / "m.onnx"))
+    assert meta.model_name == "mobilevit_xxs"
+    assert meta.provenance.test_accuracy == 0.8
+    assert meta.provenance.checkpoint_sha256 == report.provenance.checkpoint_sha256
+    assert meta.provenance.checkpoint_sha256 is not None
+    assert len(meta.provenance.checkpoint_sha256) == 64
+    assert meta.parameters == report.parameters and meta.parameters > 0
+    assert meta.spec == NON_DEFAULT_SPEC == report.spec
+    assert len(steps) == EXPORT_STEPS  # one progress step per stage
+
+
+def test_onnx_without_metadata_has_no_spec(tiny_torch_model, tmp_path: Path) -> None:
+    path = tmp_path / "bare.onnx"
+    export_module(tiny_torch_model, path, input_size=64)
+    meta = read_metadata(load_onnx(path))
+    assert meta.spec is None and meta.model_name == "unknown"
+
+
+def test_a_corrupt_spec_in_the_metadata_is_an_error(tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    for prop in model.metadata_props:
+        if prop.key == META_PREPROCESS:
+            prop.value = '{"input_size": 64, "crop": "diagonal"}'
+    with pytest.raises(ExportError, match="not a valid preprocessing spec"):
+        read_metadata(model, "m.onnx")
 
 
 def test_export_checkpoint_refuses_wrong_class_count(

@@ -16,7 +16,7 @@ import pytest
 
 from build_engine.check import stale_reasons
 from build_engine.device import DeviceInfo
-from build_engine.errors import CalibrationError, PrecisionError
+from build_engine.errors import PrecisionError, UsageError
 from build_engine.pipeline import TRT_NOTICE, BuildRequest, build
 from edge_agent.contract.manifest import BatchProfile, KernelInfo, TensorRTInfo, load_bundle
 
@@ -117,13 +117,13 @@ def test_device_limits_are_checked_before_building(
             old_gpu,
             lambda _: None,
         )
-    with pytest.raises(PrecisionError, match="min <= opt <= max"):
+    with pytest.raises(UsageError, match="min <= opt <= max"):
         build(
             BuildRequest(out=out, onnx=tiny_onnx, batch=BatchProfile(min=4, opt=2, max=8)),
             jetson_device,
             lambda _: None,
         )
-    with pytest.raises(CalibrationError, match="needs --calib-data"):
+    with pytest.raises(UsageError, match="needs --calib-data"):
         build(
             BuildRequest(out=out, onnx=tiny_onnx, precision="int8"), jetson_device, lambda _: None
         )
@@ -149,6 +149,7 @@ def test_jetson_int8_asks_for_an_fp16_remainder(
         calib_size=12,
         gate_size=8,
         gate_threshold=100.0,
+        gate_min_images=1,
         quantizer="onnxruntime",
         calibration_method="max",
     )

@@ -12,9 +12,8 @@ from edge_agent.cli import main
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["--version"])
-    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"edge-agent {__version__}"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"edge-agent {__version__}"
 
 
 def test_run_with_bad_config_lists_problems(
@@ -36,7 +35,7 @@ def test_run_with_missing_bundle_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = write_config(tmp_path / "a.yaml", agent_config(tmp_path, tmp_path / "nobundle", None))
-    assert main(["run", "--config", str(cfg)]) == 1
+    assert main(["run", "--config", str(cfg)]) == 4  # exit_codes.INVALID_BUNDLE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run build-engine" in err[0]
 
@@ -61,7 +60,7 @@ def test_check_reports_each_problem(tmp_path: Path, capsys: pytest.CaptureFixtur
     raw["mqtt"]["port"] = free_port()  # nothing listens there
     raw["sources"].append({"uri": "dir:///does/not/exist"})
     cfg = write_config(tmp_path / "a.yaml", raw)
-    assert main(["check", "--config", str(cfg)]) == 1
+    assert main(["check", "--config", str(cfg)]) == 2  # a config problem outranks the others
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3, err
     assert "/does/not/exist is not a folder" in err[0]
@@ -78,6 +77,6 @@ def test_check_reports_manifest_json_problem(
     manifest["format_version"] = 99
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     cfg = write_config(tmp_path / "a.yaml", agent_config(tmp_path, bundle, None))
-    assert main(["check", str(cfg), "--no-broker"]) == 1
+    assert main(["check", str(cfg), "--no-broker"]) == 4  # exit_codes.INVALID_BUNDLE
     (line,) = capsys.readouterr().err.splitlines()
     assert "manifest format 99" in line

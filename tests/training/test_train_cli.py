@@ -1,4 +1,4 @@
-"""galaxy-train: thin CLI; bad input is one line on stderr and a non-zero exit."""
+"""galaxy-train: thin CLI; bad input is one line on stderr and the exit code of its kind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from training_testkit import TINY_MODEL
+from training_testkit import TINY_MODEL, flip_bytes
 
 from training.cli import main
 
@@ -34,7 +34,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     [
         (
             ["train", "--data", "{tmp}/missing.h5", "--out", "{tmp}/r"],
-            "missing.h5: no such h5 file",
+            "missing.h5: does not exist",
         ),
         (["train", "--data", "{tmp}/nothing", "--out", "{tmp}/r"], "nothing: does not exist"),
         (
@@ -108,3 +108,37 @@ def test_train_resume_and_evaluate_through_the_cli(
     )
     report = capsys.readouterr().out
     assert "Round Smooth" in report and "macro avg" in report and "Barred Spiral" in report
+
+
+def test_evaluate_refuses_tampered_weights_with_a_runtime_failure(
+    easy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """400 flipped bytes inside best.safetensors: refused (exit 1) before any image is read."""
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(easy_folder), "--out", str(run), "--epochs", "1", *TINY]
+    assert main(argv) == 0
+    capsys.readouterr()
+    flip_bytes(run / "best.safetensors")
+    rc = main(["evaluate", "--checkpoint", str(run), "--data", str(easy_folder), "--no-progress"])
+    assert rc == 1
+    line = _one_error_line(capsys)
+    assert "best.safetensors: sha256" in line and "modified or corrupted" in line
+
+
+def test_a_preprocess_spec_file_sets_the_spec_and_the_image_size(
+    easy_folder: Path, tmp_path: Path
+) -> None:
+    spec = {"input_size": 32, "crop": "none", "scale": 1 / 255, "offset": 0.0}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    run = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--image-size", "32")]
+    argv = ["train", "--data", str(easy_folder), "--out", str(run), "--epochs", "1", *tiny]
+    assert main([*argv, "--preprocess-spec", str(path), "--limit", "30"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["image_size"] == 32
+    assert {k: saved["preprocess"][k] for k in spec} == spec
+    # --resume keeps that spec (it used to be reset to the default)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed["preprocess"] == saved["preprocess"]

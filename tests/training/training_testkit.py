@@ -56,3 +56,12 @@ def tiny_config_values(data: Path, out: Path, **overrides: object) -> dict[str, 
     }
     values.update(overrides)
     return values
+
+
+def flip_bytes(path: Path, count: int = 400) -> None:
+    """Invert ``count`` bytes in the middle of ``path`` (inside a checkpoint's tensor data)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -1,0 +1,30 @@
+"""Option types shared by ``build-engine`` and ``build-engine-compare`` (argparse ``type=``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_agent.contract.preprocess import PreprocessSpec
+
+
+def positive(text: str) -> int:
+    """An integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def spec_file(text: str) -> PreprocessSpec:
+    """``--preprocess-spec FILE.json``: a :class:`PreprocessSpec`, validated strictly."""
+    try:
+        return PreprocessSpec.model_validate_json(Path(text).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: unreadable ({exc.strerror})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise argparse.ArgumentTypeError(f"{text}: {where}: {first['msg']}") from exc
