@@ -209,8 +209,13 @@ class Store(ABC):
                         r.quarantined_to, self._ts(r.at), r.payload, now,
                     )
                 )  # fmt: skip
-            elif isinstance(r, DeviceStatus):
-                statuses[r.device] = r  # the last one of a batch wins
+            elif isinstance(r, DeviceStatus):  # the last state of a batch wins; a plain
+                prev = statuses.get(r.device)  # "online" keeps what a JSON status said
+                if prev is not None and r.agent_version is None:
+                    r = DeviceStatus(
+                        r.device, r.state, prev.agent_version, prev.model, prev.at, prev.payload
+                    )
+                statuses[r.device] = r
             elif isinstance(r, DeviceStats):
                 stats[r.device] = r
             elif isinstance(r, Thumbnail):
@@ -250,9 +255,18 @@ class Store(ABC):
                         "agent_version = COALESCE(excluded.agent_version, devices.agent_version), "
                         "model = COALESCE(excluded.model, devices.model), "
                         "status_at = COALESCE(excluded.status_at, devices.status_at), "
-                        "status_payload = excluded.status_payload, last_seen = excluded.last_seen"
+                        "status_payload = COALESCE(excluded.status_payload, devices.status_payload), "
+                        "last_seen = excluded.last_seen"
                     ),
-                    (s.device, s.state, s.agent_version, s.model, self._ts(s.at), s.payload, now),
+                    (
+                        s.device,
+                        s.state,
+                        s.agent_version,
+                        s.model,
+                        self._ts(s.at),
+                        s.payload if s.agent_version is not None else None,
+                        now,
+                    ),
                 )
             for st in stats.values():
                 self._execute(

@@ -118,3 +118,13 @@ def test_postgres_uses_the_q3c_index(pg_url: str) -> None:
         assert len(store.query(Query(cone=Cone(10.0, 20.0, 0.0451)))) == 5
     finally:
         store.close()
+
+
+def test_a_plain_availability_keeps_what_the_json_status_said(store: Store) -> None:
+    birth = parse_message(f"{P}/a/status", to_bytes(status("a")), P)
+    plain = parse_message(f"{P}/a/available", b"online", P)
+    store.write([birth, plain])  # the agent sends both at every connect, often in one batch
+    store.write([parse_message(f"{P}/a/available", b"offline", P)])
+    (device,) = store.page_state().devices
+    assert device["state"] == "offline"
+    assert device["model"]["name"] == "mobilevit_s" and device["agent_version"] == "0.1.0"
