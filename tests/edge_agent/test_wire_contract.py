@@ -508,3 +508,45 @@ def test_last_wills_of_a_killed_agent_match_their_schemas(
         assert to_bytes(will) == retained[T + "status"].payload
     finally:
         late.close()
+
+
+@pytest.mark.mqtt
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_availability_comes_back_after_a_broker_restart(
+    tmp_path: Path, mosquitto: MosquittoBroker, protocol: str
+) -> None:
+    """A restarted broker without persistence forgot the retained ``online``: it is sent again."""
+    from edge_agent.config import MqttConfig
+    from edge_agent.mqtt_client import MqttPublisher
+    from edge_agent.outbox import Outbox
+
+    cfg = MqttConfig(
+        host=mosquitto.host,
+        port=mosquitto.port,
+        protocol=protocol,  # type: ignore[arg-type]
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+    )
+    box = Outbox(tmp_path / "outbox.sqlite3", max_bytes=1 << 20, max_age_s=60)
+    collector = Collector(mosquitto, T + "available", protocol=protocol)
+    publisher = MqttPublisher(cfg, box, "dev1", None)
+    try:
+        publisher.start()
+        assert collector.wait_for(lambda ms: [m.payload for m in ms] == [b"online"], 10)
+        mosquitto.restart()
+        assert collector.wait_subscribed(2)
+        # (A broker shutting down may send the wills first: online, offline, online.)
+        assert collector.wait_for(
+            lambda ms: (
+                [m.payload for m in ms].count(b"online") == 2 and ms[-1].payload == b"online"
+            ),
+            10,
+        )
+        publisher.stop(5)
+        assert collector.wait_for(lambda ms: ms[-1].payload == b"offline", 10)
+    finally:
+        publisher.stop(1)
+        collector.close()
+        box.close()
+    for m in collector.messages:
+        assert_valid("availability", m.payload.decode("utf-8"))
