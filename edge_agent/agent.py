@@ -11,6 +11,7 @@ Signal handlers only set flags: the work happens in :meth:`Agent.run`'s thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -135,12 +136,7 @@ class Agent:
         self.publisher = self._make_publisher(cfg)
         self._undo.append(lambda: self.publisher.stop(timeout=1.0))
         for sc in cfg.sources:
-            self.sources[sc.display_name] = (
-                sc,
-                create_source(
-                    sc, self.hub, ledger=self.ledger, mqtt=cfg.mqtt, device_id=cfg.device_id
-                ),
-            )
+            self.sources[sc.display_name] = (sc, self._create_source(sc, cfg))
         self.pipeline.start()
         self.publisher.start()
         for _, source in self.sources.values():
@@ -215,6 +211,20 @@ class Agent:
             f"{s.errors} rejected, queue {self.hub.depth()}, outbox {self.outbox.depth()}{lat}"
         )
 
+    def _create_source(self, sc: SourceConfig, cfg: AgentConfig) -> Source:
+        source = create_source(
+            sc,
+            self.hub,
+            ledger=self.ledger,
+            mqtt=cfg.mqtt,
+            device_id=cfg.device_id,
+            max_bytes=cfg.decode.max_bytes,
+        )
+        source.on_problem = functools.partial(
+            self.pipeline.report_source_problem, sc.display_name, sc.uri
+        )
+        return source
+
     def stats_body(self) -> dict[str, Any]:
         interval = self.stats.take_interval()  # rates and percentiles since the last report
         s = self.stats.snapshot()
@@ -232,6 +242,11 @@ class Agent:
             outbox_bytes=self.outbox.bytes(),
             outbox_dropped=self.outbox.dropped(),
             mqtt=self.publisher.counters(),
+            sources={
+                name: health
+                for name, (_, source) in self.sources.items()
+                if (health := source.health()) is not None
+            },
         )
 
     def publish_stats(self) -> bool:
@@ -301,9 +316,7 @@ class Agent:
                 del self.sources[name]
         for name, sc in wanted.items():
             if name not in self.sources:
-                source = create_source(
-                    sc, self.hub, ledger=self.ledger, mqtt=new.mqtt, device_id=new.device_id
-                )
+                source = self._create_source(sc, new)
                 source.start()
                 self.sources[name] = (sc, source)
 

@@ -48,7 +48,14 @@ STATUS_STATES = ("online", "offline")
 #: the error schema's enum and docs/mqtt.md are checked against it; add a new reason here.
 #: The decoder's own (``corrupt``, ``truncated``, ``oversized``, ``wrong_type``,
 #: ``unsupported``), then the sources' and the pipeline's.
-ErrorReason = Literal[DecodeReason, "not_regular_file", "poison", "decode_failed"]
+ErrorReason = Literal[
+    DecodeReason,
+    "not_regular_file",
+    "poison",
+    "decode_failed",
+    "source_unavailable",
+    "source_error",
+]
 ERROR_REASONS: tuple[str, ...] = typing.get_args(ErrorReason)
 
 # Six decimals keep payloads short and are far below any model's calibration error.
@@ -265,6 +272,7 @@ def stats_payload(
     outbox_bytes: int,
     outbox_dropped: Mapping[str, int],
     mqtt: Mapping[str, int],
+    sources: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Periodic health report for the ``stats`` topic (QoS 0: the next one replaces it).
 
@@ -274,7 +282,8 @@ def stats_payload(
     interval's frames, e.g. ``{"infer": {"p50": 3.1, "p99": 9.0, "max": 9.4}}``.
     ``frames_dropped`` counts frames a live source dropped, by source, since start;
     ``outbox_dropped`` what the outbox limits dropped since the outbox file was created;
-    ``mqtt`` the publisher's counters since start.
+    ``mqtt`` the publisher's counters since start; ``sources`` the health of the sources that
+    report one (a camera: connected, last error and since when), by source name.
     """
     seconds = float(interval_s)
     if not math.isfinite(seconds) or seconds < 0:
@@ -300,6 +309,7 @@ def stats_payload(
             "dropped": {str(k): int(v) for k, v in outbox_dropped.items()},
         },
         "mqtt": {str(k): int(v) for k, v in mqtt.items()},
+        "sources": {str(k): dict(v) for k, v in (sources or {}).items()},
     }
 
 

@@ -125,6 +125,8 @@ class Pipeline:
         self.model_sha = manifest.files.get(manifest.model_file, manifest.source_onnx_sha256)
         self.precision = manifest.precision
         self.model_ref = payloads.ModelRef(self.model_name, self.model_sha, self.precision)
+        # softmax(logits / T) when the bundle is calibrated (docs/mqtt.md, confidence)
+        self.temperature = manifest.calibration.temperature if manifest.calibration else None
         self.device_id = config.device_id
         prefix, device = config.mqtt.topic_prefix, config.device_id
         self.topic_results = payloads.topic(prefix, device, "classifications")
@@ -392,6 +394,28 @@ class Pipeline:
         else:
             frame.left_in_place()  # a file: marked, not retried; MQTT bytes: un-acked, redelivered
 
+    def report_source_problem(self, source: str, ref: str, reason: str, detail: str) -> None:
+        """A source lost its server or device: an ``errors`` message (nothing to quarantine).
+
+        Called from the source's thread; the outbox serialises writers. ``ref`` is the source's
+        URI, so consumers see which camera it is.
+        """
+        body = payloads.error_payload(
+            device_id=self.device_id,
+            source=source,
+            frame_ref=ref,
+            reason=reason,
+            detail=detail,
+            quarantined_to=None,
+            at=time.time(),
+        )
+        try:
+            self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
+        except Exception:  # a full disk must not take the camera's thread down with it
+            log.exception("%s: cannot store the errors message for %s", source, reason)
+            return
+        self.on_stored()
+
     # --- infer -----------------------------------------------------------------------------
 
     def _infer_loop(self) -> None:
@@ -430,7 +454,12 @@ class Pipeline:
             t0 = time.perf_counter()
             logits = self.backend.infer(tensors)
             infer_s = time.perf_counter() - t0
-        results = classify(logits, uncertain_below=self.pcfg.uncertain_below, k=self.pcfg.top_k)
+        results = classify(
+            logits,
+            uncertain_below=self.pcfg.uncertain_below,
+            k=self.pcfg.top_k,
+            temperature=self.temperature,
+        )
         now_mono, now = time.perf_counter(), time.time()
         messages, latencies = [], []
         for p, res in zip(batch, results, strict=True):

@@ -213,6 +213,9 @@ class Source(ABC):
         self.queue = queue
         self.formats = formats
         self.stopping = threading.Event()
+        # Called (reason, detail) from the source's own thread when it loses its server or
+        # device; the agent publishes it on ``errors``. Sources without such problems never call it.
+        self.on_problem: Callable[[str, str], None] = lambda reason, detail: None
 
     @abstractmethod
     def start(self) -> None:
@@ -228,3 +231,8 @@ class Source(ABC):
 
     def describe(self) -> str:
         return f"{self.kind} source {self.name!r}"
+
+    def health(self) -> dict[str, object] | None:
+        """What ``stats.sources`` reports of this source; ``None`` for sources with no link to
+        lose (folders, MQTT frames: their state is in the queue and the broker)."""
+        return None

@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from edge_agent.config import IndiSourceConfig
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 7624
 _BACKOFF_MAX_S = 30.0
 _EXPOSURE_GRACE_S = 30.0  # beyond exposure_s, how long to wait for the image before retrying
-
-ProblemCallback = Callable[[str, str], None]
 
 
 def parse_indi_uri(uri: str) -> tuple[str, int, str]:
@@ -94,7 +91,6 @@ class IndiSource(Source):
         self.host, self.port, self.device = parse_indi_uri(uri)
         self.settings = settings
         self.max_bytes = max_bytes
-        self.on_problem: ProblemCallback = lambda reason, detail: None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._conn: IndiConnection | None = None
@@ -127,7 +123,7 @@ class IndiSource(Source):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> dict[str, object] | None:
         """What ``stats`` reports about this camera."""
         return {
             "connected": self.connected.is_set(),

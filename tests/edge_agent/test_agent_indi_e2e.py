@@ -89,3 +89,37 @@ def test_indi_camera_exposures_are_classified_on_mqtt(
         assert body["frame_ref"].startswith(f"indi://127.0.0.1:{server.port}/CCD%20Simulator#CCD1@")
         assert body["class_id"] == int(np.argmax(probs))
         assert body["confidence"] == pytest.approx(float(np.max(probs)), abs=1e-5)
+
+
+def test_a_lost_camera_is_an_error_and_a_stat_never_a_crash(
+    tmp_path: Path, tiny_bundle: Path, mosquitto: MosquittoBroker
+) -> None:
+    """No INDI server at the URI: the agent runs, says so once on ``errors`` and in ``stats``."""
+    from indi_server import free_port
+    from jsonschema import Draft202012Validator
+
+    from edge_agent.schemas import load_schema
+
+    uri = f"indi://127.0.0.1:{free_port()}/CCD%20Simulator"
+    cfg = agent_config(tmp_path, tiny_bundle, mosquitto, sources=[{"uri": uri, "name": "cam"}])
+    collector = Collector(mosquitto)
+    try:
+        with RunningAgent(write_config(tmp_path / "agent.yaml", cfg)):
+
+            def reported(_: object) -> bool:
+                stats = [json.loads(m.payload) for m in collector.on(T + "stats")]
+                return bool(collector.on(T + "errors")) and any(
+                    s["sources"].get("cam", {}).get("last_error") for s in stats
+                )
+
+            assert collector.wait_for(reported, 20)
+    finally:
+        collector.close()
+    errors = [json.loads(m.payload) for m in collector.on(T + "errors")]
+    assert len(errors) == 1  # one message per distinct problem, not one per retry
+    assert errors[0]["reason"] == "source_unavailable" and errors[0]["frame_ref"] == uri
+    assert "is indiserver running?" in errors[0]["detail"]
+    Draft202012Validator(load_schema("error")).validate(errors[0])
+    stats = [json.loads(m.payload) for m in collector.on(T + "stats")][-1]
+    Draft202012Validator(load_schema("stats")).validate(stats)
+    assert stats["sources"]["cam"]["connected"] is False
