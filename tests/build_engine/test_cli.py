@@ -372,3 +372,98 @@ def test_contradictory_options_are_usage_errors(
         rc, _, stderr = run(capsys, *argv)
         assert rc == EXIT_USAGE, argv
         assert stderr.startswith("build-engine: error:") and stderr.count("\n") == 1
+
+
+def _spec_json(tmp_path: Path, name: str = "spec", **overrides: object) -> Path:
+    from edge_agent.contract.preprocess import DEFAULT_SPEC
+
+    spec = DEFAULT_SPEC.model_copy(update={"input_size": 64, **overrides})
+    path = tmp_path / f"{name}.json"
+    path.write_text(spec.model_dump_json())
+    return path
+
+
+def test_onnx_without_a_spec_is_refused_unless_given(
+    bare_onnx: Path, tmp_path: Path, no_leftovers: Path, capsys
+) -> None:
+    out = no_leftovers / "b"
+    rc, _, stderr = run(capsys, "--onnx", bare_onnx, "--out", out)
+    assert rc == EXIT_USAGE and not out.exists()
+    assert "no preprocessing spec in its metadata" in stderr and "--preprocess-spec" in stderr
+    spec = _spec_json(tmp_path, crop="none", scale=1 / 255, offset=0.0)
+    rc, _, stderr = run(capsys, "--onnx", bare_onnx, "--out", out, "--preprocess-spec", spec)
+    assert rc == EXIT_OK, stderr
+    manifest = load_bundle(out)
+    assert manifest.preprocess.crop == "none" and manifest.preprocess.offset == 0.0
+    assert "preprocessing spec from --preprocess-spec" in stderr
+    # --if-stale notices a changed explicit spec
+    other = _spec_json(tmp_path, "other", crop="none", scale=1 / 255, offset=0.5)
+    rc, stdout, _ = run(capsys, "--onnx", bare_onnx, "--out", out, "--preprocess-spec", other)
+    assert rc == EXIT_OK
+    rc, stdout, _ = run(
+        capsys, "--check", out, "--onnx", bare_onnx, "--preprocess-spec", spec, "--backend", "auto"
+    )
+    assert rc == EXIT_STALE and "preprocessing spec" in stdout
+    import shutil
+
+    shutil.rmtree(out)
+
+
+def test_a_spec_that_contradicts_the_model_is_refused(
+    tiny_onnx: Path, bare_onnx: Path, tmp_path: Path, no_leftovers: Path, capsys
+) -> None:
+    out = no_leftovers / "b"
+    other = _spec_json(tmp_path, crop="none")
+    rc, _, stderr = run(capsys, "--onnx", tiny_onnx, "--out", out, "--preprocess-spec", other)
+    assert rc == EXIT_USAGE and "records the spec it was trained with" in stderr
+    wrong_size = _spec_json(tmp_path, "size", input_size=128)
+    rc, _, stderr = run(capsys, "--onnx", bare_onnx, "--out", out, "--preprocess-spec", wrong_size)
+    assert rc == EXIT_USAGE and "does not match the graph's input" in stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"input_size": 64, "crop": "diagonal"}')
+    rc, _, stderr = run(capsys, "--onnx", bare_onnx, "--out", out, "--preprocess-spec", bad)
+    assert rc == EXIT_USAGE and "crop" in stderr
+
+
+def test_tensor_names_come_from_the_graph(tmp_path: Path, capsys) -> None:
+    """A model whose tensors are not called input/logits: the manifest names them and the
+    agent's backend runs it."""
+    torch = pytest.importorskip("torch")
+    from edge_agent.backends.factory import create_backend
+
+    path = tmp_path / "named.onnx"
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    net.append(torch.nn.Linear(4, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(1, 3, 64, 64),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["pixels"],
+            output_names=["scores"],
+            dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
+        )
+    out = tmp_path / "bundle"
+    spec = _spec_json(tmp_path)
+    for precision in ("fp32", "fp16"):
+        rc, _, stderr = run(
+            capsys,
+            "--onnx",
+            path,
+            "--out",
+            out,
+            "--preprocess-spec",
+            spec,
+            "--precision",
+            precision,
+        )
+        assert rc == EXIT_OK, stderr
+        manifest = load_bundle(out)
+        assert (manifest.input_name, manifest.output_name) == ("pixels", "scores")
+        frames = [np.zeros((50, 70, 3), np.uint8), np.full((64, 64, 3), 200, np.uint8)]
+        assert create_backend(out, manifest).infer_frames(frames).logits.shape == (2, 10)
