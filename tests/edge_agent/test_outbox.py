@@ -1,5 +1,6 @@
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -7,8 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from small_filesystem import fill, small_filesystem
 
-from edge_agent.outbox import Outbox, OutboxError, PendingMessage
+from edge_agent.outbox import Outbox, OutboxError, OutboxFullError, PendingMessage
 
 BIG = 1 << 30
 WEEK = 7 * 24 * 3600.0
@@ -213,3 +215,145 @@ def test_full_disk_is_a_typed_error_and_loses_nothing_stored(box: Outbox) -> Non
         box.put_many(("t", bytes(50_000), 1, f"big{i}") for i in range(4))
     assert box.bytes() == len(b"kept") + 1  # the failed batch left no trace
     assert [i.msg_id for i in box.take_unsent(10)] == ["kept"]
+
+
+# --------------------------------------------------------------------- full disk
+class _FailingDeletes:
+    """The outbox's connection, with DELETEs refused as on a full disk (WAL needs space)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.failing = True
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if self.failing and sql.lstrip().upper().startswith("DELETE"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def _set_page_limit(box: Outbox, extra_pages: int) -> None:
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages + extra_pages}")
+
+
+def test_full_database_is_back_pressure_not_loss(tmp_path: Path, caplog) -> None:
+    """SQLITE_FULL (here from max_page_count, no privileges needed) refuses puts with a typed
+    error, releases the reserve, keeps deliveries and acks going, and recovers by itself."""
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path, max_bytes=BIG, max_age_s=WEEK, reserve_bytes=64 * 1024) as box:
+        assert box.reserve_path.stat().st_size == 64 * 1024
+        box.put_many(("t", b"x" * 100, 1, f"m{i}") for i in range(5))
+        _set_page_limit(box, 0)
+        with pytest.raises(OutboxFullError, match="free space"):
+            box.put_many(("t", bytes(50_000), 1, f"big{i}") for i in range(4))
+        health = box.health()
+        assert health.full and health.full_since is not None and "full" in (health.error or "")
+        assert not box.reserve_path.exists()  # released for the deletes
+        assert "outbox file system full" in caplog.text
+        # Delivery goes on: take, ack (a delete), take again: nothing comes twice.
+        first = box.take_unsent(3)
+        assert box.ack_many([i.msg_id for i in first]) == 3
+        assert [i.msg_id for i in box.take_unsent(10)] == ["m3", "m4"]
+        assert box.depth() == 2
+        _set_page_limit(box, 1000)  # space returns
+        box.put("t", b"after", msg_id="after")
+        assert not box.health().full and box.health().reserve_in_place
+        assert "writable again" in caplog.text
+        assert [i.msg_id for i in box.take_unsent(10)] == ["m3", "m4", "after"]
+
+
+def test_acked_message_whose_delete_fails_is_not_sent_again(
+    box: Outbox, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    box.put_many(("t", b"p", 1, f"m{i}") for i in range(4))
+    taken = box.take_unsent(3)
+    box.mark_in_flight(i.msg_id for i in taken)
+    failing = _FailingDeletes(box._db)
+    monkeypatch.setattr(box, "_db", failing)
+    assert box.ack_many(["m0", "m1", "m2"]) == 3  # delivered, whatever the file says
+    assert "cannot delete 3 acknowledged messages" in caplog.text
+    assert box.health().acked_unremoved == 3
+    assert box.depth() == 1 and box.bytes() == 2
+    assert box.in_flight_count() == 0
+    for _ in range(3):  # the pump asks again and again: m0..m2 never come back
+        assert [i.msg_id for i in box.take_unsent(10)] == ["m3"]
+    failing.failing = False
+    monkeypatch.setattr("edge_agent.outbox._RETRY_DELETES_EVERY_S", 0.0)
+    assert [i.msg_id for i in box.take_unsent(10)] == ["m3"]  # retried the delete first
+    assert box.health().acked_unremoved == 0
+    assert box._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
+
+
+def test_reserve_is_optional_and_validated(tmp_path: Path) -> None:
+    with pytest.raises(OutboxError, match="reserve_bytes"):
+        Outbox(tmp_path / "o", max_bytes=BIG, max_age_s=WEEK, reserve_bytes=-1)
+    with Outbox(tmp_path / "o", max_bytes=BIG, max_age_s=WEEK, reserve_bytes=0) as box:
+        assert not box.reserve_path.exists()
+        _set_page_limit(box, 0)
+        with pytest.raises(OutboxFullError):
+            box.put("t", bytes(20_000), msg_id="big")
+        _set_page_limit(box, 100)
+        box.put("t", b"small", msg_id="small")  # no reserve to restore: retried at once
+        assert not box.health().full
+
+
+def test_space_returns_to_the_file_system_as_the_outbox_drains(box: Outbox) -> None:
+    box.put_many(("t", bytes(3000), 1, f"m{i}") for i in range(1000))
+    box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    big = box.path.stat().st_size
+    box.ack_many(f"m{i}" for i in range(1000))
+    box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert box.path.stat().st_size < big / 10  # incremental vacuum, not a free list
+
+
+def test_real_full_file_system_delivers_everything_once_and_recovers(tmp_path: Path) -> None:
+    """The reported defect on a real tmpfs: the outbox fills the disk itself, then acks need
+    space too. Everything stored is delivered exactly once, puts wait, then resume."""
+    with small_filesystem(tmp_path / "fs", 3 * 1024 * 1024) as fs:
+        box = Outbox(fs / "o.sqlite3", max_bytes=BIG, max_age_s=WEEK, reserve_bytes=512 * 1024)
+        try:
+            stored: list[str] = []
+            with pytest.raises(OutboxFullError):
+                for n in range(10_000):
+                    batch = [f"m{n}-{j}" for j in range(8)]
+                    box.put_many(("t/c", os.urandom(1500), 1, m) for m in batch)
+                    stored += batch
+            assert len(stored) > 100 and box.health().full
+            fill(fs)  # and whatever the reserve's release left is taken by someone else
+            with pytest.raises(OutboxFullError):
+                box.put("t/c", b"refused", msg_id="refused")
+            delivered: list[str] = []
+            for _ in range(1000):
+                items = box.take_unsent(64)
+                if not items:
+                    break
+                box.mark_in_flight(i.msg_id for i in items)
+                delivered += [i.msg_id for i in items]
+                box.ack_many(i.msg_id for i in items)
+            assert sorted(delivered) == sorted(stored)  # each once: no storm of duplicates
+            assert box.depth() == 0
+            for ballast in fs.glob("ballast-*"):
+                ballast.unlink()  # space returns
+            box.put("t/c", b"after", msg_id="after")
+            assert not box.health().full and box.health().reserve_in_place
+            assert [i.msg_id for i in box.take_unsent(10)] == ["after"]
+        finally:
+            box.close()
+
+
+def test_outbox_opens_on_a_full_file_system(tmp_path: Path) -> None:
+    """A restart while the disk is full: the agent must start (no crash loop) and deliver."""
+    with small_filesystem(tmp_path / "fs", 2 * 1024 * 1024) as fs:
+        path = fs / "o.sqlite3"
+        with Outbox(path, max_bytes=BIG, max_age_s=WEEK, reserve_bytes=256 * 1024) as box:
+            box.put_many(("t", b"x" * 200, 1, f"m{i}") for i in range(20))
+        fill(fs)
+        with Outbox(path, max_bytes=BIG, max_age_s=WEEK, reserve_bytes=256 * 1024) as box:
+            assert box.health().full
+            items = box.take_unsent(100)
+            assert len(items) == 20
+            assert box.ack_many(i.msg_id for i in items) == 20
+            assert box.depth() == 0
