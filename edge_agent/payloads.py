@@ -257,6 +257,14 @@ def _counts(frames_in: int, frames_out: int, errors: int) -> dict[str, int]:
     return {"in": int(frames_in), "out": int(frames_out), "errors": int(errors)}
 
 
+def _source_health(health: Mapping[str, Any]) -> dict[str, Any]:
+    """A source's health with its times in the payloads' one timestamp format."""
+    out = dict(health)
+    since = out.get("problem_since")
+    out["problem_since"] = iso_utc(since) if since is not None else None
+    return out
+
+
 def stats_payload(
     *,
     device_id: str,
@@ -309,7 +317,7 @@ def stats_payload(
             "dropped": {str(k): int(v) for k, v in outbox_dropped.items()},
         },
         "mqtt": {str(k): int(v) for k, v in mqtt.items()},
-        "sources": {str(k): dict(v) for k, v in (sources or {}).items()},
+        "sources": {str(k): _source_health(v) for k, v in (sources or {}).items()},
     }
 
 
