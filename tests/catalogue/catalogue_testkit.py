@@ -11,11 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,10 +22,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from catalogue.pg_temp import find_pg_bin
 from edge_agent.contract.classes import CLASS_NAMES
 
 SHA = "ab" * 32
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
 def msg_id(device: str, n: int) -> str:
@@ -172,89 +169,6 @@ def wait_until(predicate: Any, timeout: float = 20.0, every: float = 0.05) -> bo
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-
-
-def find_pg_bin() -> Path | None:
-    for d in PG_BIN_DIRS:
-        if (d / "initdb").exists() and (d / "pg_ctl").exists():
-            return d
-    found = shutil.which("initdb")
-    return Path(found).resolve().parent if found else None
-
-
-class PostgresServer:
-    """A throw-away PostgreSQL cluster listening on a unix socket only (no TCP port)."""
-
-    def __init__(self) -> None:
-        bindir = find_pg_bin()
-        if bindir is None:
-            raise FileNotFoundError("PostgreSQL is not installed (apt-get install -y postgresql)")
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="catalogue-pg-"))
-        self.data = self.root / "data"
-        self.socket_dir = self.root
-        self.user: str | None = None
-        if os.geteuid() == 0:
-            self.user = "postgres" if _has_user("postgres") else "nobody"
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        self.root.chmod(0o700)
-
-    def _as_owner(self, *cmd: str) -> list[str]:
-        if self.user is None:
-            return list(cmd)
-        return ["runuser", "-u", self.user, "--", *cmd]
-
-    def start(self) -> PostgresServer:
-        subprocess.run(
-            self._as_owner(
-                str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
-                "postgres", "-E", "UTF8", "--no-sync",
-            ),
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        options = f"-k {self.socket_dir} -c listen_addresses='' -F -c max_connections=50"
-        subprocess.run(
-            self._as_owner(
-                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options,
-                "-l", str(self.root / "log"), "-w", "-t", "60", "start",
-            ),
-            check=True, capture_output=True, timeout=90,
-        )  # fmt: skip
-        return self
-
-    def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@/{dbname}?host={self.socket_dir}"
-
-    def create_database(self) -> str:
-        import psycopg
-
-        name = f"cat_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
-
-    def stop(self) -> None:
-        subprocess.run(
-            self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                           "-w", "stop"),
-            capture_output=True, timeout=60,
-        )  # fmt: skip
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log_tail(self) -> str:
-        try:
-            return (self.root / "log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no log)"
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 def require_postgres() -> None:

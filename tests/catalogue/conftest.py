@@ -7,16 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from catalogue_testkit import PostgresServer, require_postgres
+from catalogue_testkit import require_postgres
 
+from catalogue.pg_temp import TemporaryPostgres
 from catalogue.store import Store, open_store
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
+def pg_server() -> Iterator[TemporaryPostgres]:
     """One real PostgreSQL for the session; each test gets its own database (``pg_url``)."""
     require_postgres()
-    server = PostgresServer()
+    server = TemporaryPostgres()
     try:
         server.start()
     except (subprocess.CalledProcessError, OSError) as exc:
@@ -29,7 +30,7 @@ def pg_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def pg_url(pg_server: PostgresServer) -> str:
+def pg_url(pg_server: TemporaryPostgres) -> str:
     return pg_server.create_database()
 
 

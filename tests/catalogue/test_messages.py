@@ -115,3 +115,15 @@ def test_a_label_that_does_not_match_its_class_id_is_rejected() -> None:
     body["label"] = CLASS_NAMES[2]
     with pytest.raises(RejectedMessage, match="is not the name of class_id 1"):
         parse_message(f"{P}/d/classifications", json.dumps(body).encode(), P)
+
+
+def test_compiled_validation_only_where_it_checks_every_keyword() -> None:
+    from catalogue.schemas import _index
+
+    checkers = _index()
+    assert checkers[("classification", 2)].fast is not None  # the hot path: compiled
+    assert checkers[("status", 2)].fast is None  # prefixItems: the reference validator only
+    bad = classification("d", 1)
+    bad["top_k"] = []
+    checker = checkers[("classification", 2)]
+    assert "top_k" in str(checker.first_error(bad).absolute_path[0])  # worded by jsonschema
