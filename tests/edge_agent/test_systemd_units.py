@@ -98,7 +98,7 @@ def _argv(exec_start: str, env: dict[str, str]) -> list[str]:
 
 def test_exec_lines_parse_with_the_real_command_lines() -> None:
     agent = _argv(_one(_unit(AGENT_UNIT), "Service.ExecStart"), {})
-    args = agent_cli._parser().parse_args(agent)
+    args = agent_cli.build_parser().parse_args(agent)
     assert args.command == "run" and args.config == Path("/etc/galaxy-edge/agent.yaml")
     build_unit = _unit(BUILD_UNIT)
     env = dict(e.split("=", 1) for e in build_unit["Service.Environment"])
@@ -110,7 +110,7 @@ def test_exec_lines_parse_with_the_real_command_lines() -> None:
     assert args.precision == "int8"
     docker = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile.jetson").read_text(), re.M)
     assert docker, "Dockerfile.jetson has no exec-form CMD"
-    assert agent_cli._parser().parse_args(json.loads(docker.group(1))).command == "run"
+    assert agent_cli.build_parser().parse_args(json.loads(docker.group(1))).command == "run"
 
 
 def test_build_unit_contract() -> None:
