@@ -170,7 +170,13 @@ class SourceConfig(_Strict):
 
 class PipelineConfig(_Strict):
     max_batch: int = Field(8, ge=1, le=1024, description="capped by the bundle's batch profile")
-    max_wait_ms: float = Field(20.0, ge=0, le=60_000, description="wait for a fuller batch")
+    max_wait_ms: float = Field(
+        20.0,
+        ge=0,
+        le=60_000,
+        description="longest wait for a fuller batch, only while more frames are queued or being "
+        "decoded; a lone frame never waits",
+    )
     uncertain_below: float = Field(0.5, ge=0.0, le=1.0, description="confidence under: uncertain")
     top_k: int = Field(3, ge=1, le=10)
     backend: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = "auto"

@@ -100,7 +100,9 @@ class Pipeline:
         self.stats = stats
         self.heartbeat = heartbeat
         self.on_stored = on_stored  # wakes the publisher's pump: results are in the outbox
-        self.batcher: Batcher[Prepared] = Batcher(config.pipeline.ready_queue)
+        # A batch waits for more frames only while the sources have some queued or being
+        # decoded: a lone frame is classified at once (docs/benchmarks.md, lone-frame latency).
+        self.batcher: Batcher[Prepared] = Batcher(config.pipeline.ready_queue, more_coming=hub.busy)
         self._lock = threading.Lock()
         self._pending_swap: tuple[AgentConfig, Backend] | None = None
         self._apply(config, backend)
@@ -239,6 +241,7 @@ class Pipeline:
                             return
             finally:
                 self.hub.release()
+                self.batcher.poke()  # a batch waiting for this frame need not wait any more
 
     def prepare(self, frame: Frame) -> Prepared | None:
         """Decode and preprocess one frame; a bad one is rejected here (``None``).

@@ -133,3 +133,38 @@ def test_stop_drains_then_joins_and_is_safe_twice(tmp_path: Path, tiny_bundle: P
         rig.source.stop()
         rig.outbox.close()
         rig.ledger.close()
+
+
+def test_a_lone_frame_does_not_wait_for_a_batch_to_fill(tmp_path: Path, tiny_bundle: Path) -> None:
+    """max_wait_ms is a minute, yet a frame with nothing behind it is classified at once."""
+    with FolderPipeline(
+        tmp_path, tiny_bundle, pipeline={"max_batch": 8, "max_wait_ms": 60_000}
+    ) as rig:
+        drop_file(rig.inbox, "lone.png", png_bytes(4))
+        rig.wait(classified=1, errors=0, timeout=30.0)  # the old batcher took 60 s here
+        (body,) = rig.messages("classifications")
+    assert body["latency_ms"]["queue"] < 30_000
+
+
+def test_frames_queued_behind_each_other_are_batched(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Under load the batch waits for the frames still queued or being decoded: one batch."""
+    backend = DeclaresNoDevicePreprocessing(create_backend(tiny_bundle, load_bundle(tiny_bundle)))
+    rig = FolderPipeline(
+        tmp_path, tiny_bundle, backend=backend, pipeline={"max_batch": 8, "max_wait_ms": 60_000}
+    )
+    for i in range(6):
+        drop_file(rig.inbox, f"f{i}.png", png_bytes(i))
+    rig.source.start()
+    try:
+        deadline = time.monotonic() + 20
+        while rig.hub.depth() < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rig.hub.depth() == 6  # all queued before the pipeline takes the first
+        rig.pipeline.start()
+        rig.wait(classified=6, errors=0, timeout=30.0)
+    finally:
+        rig.source.stop()
+        rig.pipeline.stop(time.monotonic() + 5.0)
+        rig.outbox.close()
+        rig.ledger.close()
+    assert [len(b) for b in backend.batches] == [6]
