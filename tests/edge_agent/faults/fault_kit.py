@@ -155,12 +155,14 @@ class AgentProcess:
         self.exit_codes: list[int] = []
         self._sock: socket.socket | None = None
         self._notes: list[str] = []
+        self._notes_lock = threading.Lock()
         self._sampler: threading.Thread | None = None
         self._rss_stop = threading.Event()
 
     def start(self) -> AgentProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self._notes = []
+        with self._notes_lock:
+            self._notes = []
         sock_path = Path(tempfile.mkdtemp(prefix="notify-")) / "n.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(sock_path))
@@ -175,6 +177,7 @@ class AgentProcess:
                 stdin=subprocess.DEVNULL,
             )
         self.starts += 1
+        threading.Thread(target=self._listen, args=(self._sock,), daemon=True).start()
         self._rss_stop.clear()
         self._sampler = threading.Thread(target=self._sample, args=(self.proc.pid,), daemon=True)
         self._sampler.start()
@@ -189,21 +192,31 @@ class AgentProcess:
         except psutil.Error:
             return  # the process is gone
 
-    def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Until READY=1 arrives on the notify socket (False if it exits or time runs out)."""
-        assert self._sock is not None and self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(n.startswith("READY=1") for n in self._notes):
-                return True
-            if self.proc.poll() is not None:
-                return False
-            self._sock.settimeout(0.2)
+    def _listen(self, sock: socket.socket) -> None:
+        """Read every notification, as systemd does (a full datagram queue makes the agent warn)."""
+        sock.settimeout(0.2)
+        while True:
             try:
-                self._notes.append(self._sock.recv(65536).decode(errors="replace"))
+                note = sock.recv(65536).decode(errors="replace")
             except TimeoutError:
                 continue
-        return False
+            except OSError:
+                return  # closed when the process was reaped
+            with self._notes_lock:
+                self._notes.append(note)
+
+    def notes(self) -> list[str]:
+        with self._notes_lock:
+            return list(self._notes)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Until READY=1 arrives on the notify socket (False if it exits or time runs out)."""
+        assert self.proc is not None
+        proc = self.proc
+        return wait_until(
+            lambda: any(n.startswith("READY=1") for n in self.notes()) or proc.poll() is not None,
+            timeout,
+        ) and any(n.startswith("READY=1") for n in self.notes())
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,205 @@
+"""A hostile corpus interleaved with good frames: every good frame classified, every bad input
+rejected with a reason on ``errors``, the agent alive and its memory bounded throughout.
+
+Over 200 generated bad files (hostile_corpus.py) are renamed into the watched folder one by one,
+each after a good frame, and hostile messages go to the ``frames`` topic between good ones.
+The decoder's limits are set small (4 MiB, 4 Mpixels) so that the memory bound is tight: the
+agent's resident memory is sampled every 50 ms for the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from itertools import zip_longest
+from pathlib import Path
+
+import hostile_corpus
+import paho.mqtt.client as mqtt
+from agent_testkit import drop_file
+from fault_kit import (
+    AgentProcess,
+    Consumer,
+    T,
+    fault_config,
+    mib,
+    record,
+    small_pngs,
+    wait_until,
+)
+from mqtt_broker import MosquittoBroker
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.payloads import ERROR_REASONS
+
+# Resident memory the agent may reach while it eats the corpus. Its baseline here is about
+# 160 MiB (Python, NumPy, OpenCV, ONNX Runtime, astropy); the largest input the limits allow
+# decodes to 4 Mpixels (at most 4e6 x 4 channels x 2 bytes = 32 MB, 48 MB as float32 RGB
+# while stretched). Before the decoder's fix, one 93 KB PNG took it to 2,650 MiB.
+RSS_BOUND_MIB = 512
+
+
+def _name(frame_ref: str) -> str:
+    """The file name in a frame_ref (``/inbox/NAME@mtime_ns``), or the ref itself (MQTT)."""
+    return os.path.basename(re.sub(r"@\d+$", "", frame_ref))
+
+
+def _publish_frames(broker: MosquittoBroker, frames: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="receiver", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        infos = []
+        for ref, payload in frames:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = [("frame_ref", ref)]
+            infos.append(client.publish(T + "frames", payload, qos=1, properties=props))
+        for info in infos:
+            info.wait_for_publish(60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_hostile_corpus_is_rejected_and_good_frames_classified(
+    tmp_path: Path,
+    tiny_bundle: Path,
+    mosquitto: MosquittoBroker,
+    consumer_of: Callable[[MosquittoBroker], Consumer],
+    agent_of: Callable[..., AgentProcess],
+) -> None:
+    bad, odd_good = hostile_corpus.build(tmp_path / "staging", tmp_path / "outside")
+    mqtt_bad, mqtt_good = hostile_corpus.mqtt_frames()
+    assert len(bad) >= 200, len(bad)
+    consumer = consumer_of(mosquitto)
+    cfg = fault_config(
+        tmp_path,
+        tiny_bundle,
+        mosquitto,
+        decode={"max_bytes": hostile_corpus.MAX_BYTES, "max_pixels": hostile_corpus.MAX_PIXELS},
+    )
+    cfg["sources"].append({"uri": "mqtt://", "name": "receiver"})
+    agent = agent_of(cfg)
+    assert agent.wait_ready(60), agent.log_tail()
+    inbox = tmp_path / "inbox"
+    staging = tmp_path / "staging"
+    pngs = small_pngs()
+    good_names: set[str] = set()
+    t0 = time.monotonic()
+    # One good frame, one hostile entry, and so on; odd-named good frames among the hostile.
+    order = [*bad, *odd_good]
+    order = [order[i] for i in sorted(range(len(order)), key=lambda i: (i * 7919) % len(order))]
+    mqtt_mixed = [
+        x
+        for pair in zip_longest(mqtt_good, [(r, p) for r, p, _ in mqtt_bad])
+        for x in pair
+        if x is not None
+    ]
+    for i, entry in enumerate(order):
+        good_names.add(drop_file(inbox, f"good-{i:03}.png", pngs[i % len(pngs)]).name)
+        os.rename(staging / os.fsdecode(entry.name), inbox / os.fsdecode(entry.name))
+        if i == len(order) // 2:
+            _publish_frames(mosquitto, mqtt_mixed)
+        time.sleep(0.005)  # a receiver's pace, not a burst (the watcher sees every entry)
+    assert agent.alive, agent.log_tail()
+    good_names |= {e.display for e in odd_good}
+    good_names |= {ref for ref, _ in mqtt_good}
+    bad_names = {e.display for e in bad} | {ref for ref, _, _ in mqtt_bad}
+
+    def seen() -> tuple[set[str], set[str]]:
+        classified = {_name(b["frame_ref"]) for b in consumer.bodies("classifications")}
+        rejected = {_name(b["frame_ref"]) for b in consumer.bodies("errors")}
+        return classified, rejected
+
+    def complete() -> bool:
+        classified, rejected = seen()
+        return good_names <= classified and bad_names <= rejected
+
+    finished = wait_until(complete, 180, every=0.5)
+    elapsed = time.monotonic() - t0
+    classified, rejected = seen()
+    alive = agent.alive
+    code = agent.stop()
+    errors = consumer.bodies("errors")
+    reasons = Counter(b["reason"] for b in errors if _name(b["frame_ref"]) in bad_names)
+    kinds = {e.display: e.kind for e in bad} | {ref: kind for ref, _, kind in mqtt_bad}
+    by_kind = {
+        kinds[_name(b["frame_ref"])]: b["reason"] for b in errors if _name(b["frame_ref"]) in kinds
+    }
+    record(
+        "hostile_inputs",
+        {
+            "injected": (
+                f"{len(bad)} hostile files ({len(odd_good)} good frames with odd names among "
+                f"them) + {len(mqtt_bad)} hostile frames messages, between "
+                f"{len(good_names) - len(odd_good) - len(mqtt_good)} good files and "
+                f"{len(mqtt_good)} good messages"
+            ),
+            "frames_in": len(good_names) + len(bad_names),
+            "good_in": len(good_names),
+            "bad_in": len(bad_names),
+            "results_out": len(classified & good_names),
+            "rejected_with_reason": len(rejected & bad_names),
+            "lost": len(good_names - classified) + len(bad_names - rejected),
+            "good_rejected": sorted(good_names & rejected),
+            "bad_classified": sorted(bad_names & classified),
+            "reasons": dict(reasons),
+            "reason_by_kind": by_kind,
+            "peak_rss_mib": mib(agent.peak_rss),
+            "rss_bound_mib": RSS_BOUND_MIB,
+            "seconds": round(elapsed, 1),
+            "agent_exit_code": code,
+        },
+    )
+    missing_good = sorted(good_names - classified)
+    missing_bad = sorted(bad_names - rejected)
+    assert finished, (missing_good[:20], missing_bad[:20], agent.log_tail())
+    assert alive and code == 0, agent.log_tail()
+    assert not (good_names & rejected), sorted(good_names & rejected)
+    assert not (bad_names & classified), sorted(bad_names & classified)
+    assert all(b["reason"] in ERROR_REASONS and b["detail"] for b in errors), errors
+    assert mib(agent.peak_rss) < RSS_BOUND_MIB, mib(agent.peak_rss)
+
+
+def test_file_names_that_are_not_utf8_do_not_stop_the_folder(
+    tmp_path: Path,
+    tiny_bundle: Path,
+    mosquitto: MosquittoBroker,
+    consumer_of: Callable[[MosquittoBroker], Consumer],
+    agent_of: Callable[..., AgentProcess],
+) -> None:
+    """Linux names are bytes; a name JSON cannot carry verbatim still gets an answer.
+
+    Classified (with the name escaped in ``frame_ref``) or rejected with a reason: either is
+    an answer. What must not happen is the folder going deaf, so frames after them are checked.
+    """
+    consumer = consumer_of(mosquitto)
+    agent = agent_of(fault_config(tmp_path, tiny_bundle, mosquitto))
+    assert agent.wait_ready(60), agent.log_tail()
+    inbox = tmp_path / "inbox"
+    pngs = small_pngs()
+    for i, name in enumerate(hostile_corpus.NON_UTF8_NAMES):
+        (inbox / os.fsdecode(name)).write_bytes(pngs[i])
+        (inbox / os.fsdecode(b"bad " + name)).write_bytes(b"\x00not an image")
+    after = {drop_file(inbox, f"after-{i}.png", pngs[i]).name for i in range(5)}
+
+    def answers() -> int:
+        refs = [
+            _name(b["frame_ref"])
+            for topic in ("classifications", "errors")
+            for b in consumer.bodies(topic)
+        ]
+        return len([r for r in refs if r not in after])
+
+    want = 2 * len(hostile_corpus.NON_UTF8_NAMES)
+    answered = wait_until(lambda: answers() >= want and after <= consumer.refs(), 60, every=0.2)
+    alive = agent.alive
+    assert answered, (answers(), sorted(consumer.refs()), agent.log_tail())
+    assert alive and agent.stop() == 0, agent.log_tail()
