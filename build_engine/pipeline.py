@@ -460,7 +460,7 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
                 f"{shipped.input_name}->{shipped.output_name}); report this as a bug"
             )
         files, trt_info, kernel_info = _backend_files(
-            request, backend, device, candidate.path, scratch, log
+            request, backend, device, candidate.path, shipped.input_name, scratch, log
         )
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -506,6 +506,7 @@ def _backend_files(
     backend: Backend,
     device: DeviceInfo,
     candidate: Path,
+    input_name: str,
     scratch: Path,
     log: Callable[[str], None],
 ) -> tuple[dict[str, Path], TensorRTInfo | None, KernelInfo | None]:
@@ -524,6 +525,7 @@ def _backend_files(
             dla_core=request.dla_core,
             timing_cache=request.timing_cache,
             progress=request.progress,
+            input_name=input_name,
         )
         files["model.plan"] = plan
     else:

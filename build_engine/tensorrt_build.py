@@ -32,7 +32,7 @@ from edge_agent.contract.manifest import BatchProfile, TensorRTInfo
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
+INPUT_NAME = "input"  # what build-engine's export names it; the pipeline passes the graph's
 
 
 class BuildProgress(trt.IProgressMonitor):
@@ -161,21 +161,23 @@ def _use_dla(builder: trt.Builder, config: trt.IBuilderConfig, core: int) -> Non
     config.set_flag(fallback)
 
 
-def _input_chw(network: trt.INetworkDefinition, onnx_path: Path) -> tuple[int, list[int]]:
+def _input_chw(
+    network: trt.INetworkDefinition, onnx_path: Path, input_name: str
+) -> tuple[int, list[int]]:
     names = []
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         names.append(tensor.name)
-        if tensor.name == INPUT_NAME:
+        if tensor.name == input_name:
             dims = tensor.shape
             shape = [int(dims[i]) for i in range(len(dims))]
             if len(shape) != 4 or any(d < 1 for d in shape[1:]):
                 raise TensorRTBuildError(
-                    f"{onnx_path}: input {INPUT_NAME!r} has shape {shape}; export it as "
+                    f"{onnx_path}: input {input_name!r} has shape {shape}; export it as "
                     "N x 3 x S x S with only the batch dynamic"
                 )
             return shape[0], shape[1:]
-    raise TensorRTBuildError(f"{onnx_path}: no input named {INPUT_NAME!r} (inputs: {names})")
+    raise TensorRTBuildError(f"{onnx_path}: no input named {input_name!r} (inputs: {names})")
 
 
 def build_plan(
@@ -187,8 +189,13 @@ def build_plan(
     dla_core: int | None,
     timing_cache: Path | None,
     progress: bool = True,
+    input_name: str = INPUT_NAME,
 ) -> TensorRTInfo:
-    """Parse ``onnx_path``, build a plan for this GPU and write it atomically to ``plan_path``."""
+    """Parse ``onnx_path``, build a plan for this GPU and write it atomically to ``plan_path``.
+
+    ``input_name`` is the graph's input (the pipeline reads it from the ONNX file), whose batch
+    dimension gets the optimisation profile.
+    """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     if not onnx_path.is_file():
         raise TensorRTBuildError(f"{onnx_path}: no such ONNX file")
@@ -217,7 +224,7 @@ def build_plan(
         raise TensorRTBuildError(
             f"{onnx_path}: TensorRT's ONNX parser failed:\n" + "\n".join(parser_errors(parser))
         )
-    static_batch, chw = _input_chw(network, onnx_path)
+    static_batch, chw = _input_chw(network, onnx_path, input_name)
     if static_batch != -1 and not batch.min == batch.max == static_batch:
         raise TensorRTBuildError(
             f"{onnx_path}: the ONNX has a static batch of {static_batch}; export it with a "
@@ -225,7 +232,7 @@ def build_plan(
         )
     profile = builder.create_optimization_profile()
     profile.set_shape(
-        INPUT_NAME,
+        input_name,
         trt.Dims([batch.min, *chw]),
         trt.Dims([batch.opt, *chw]),
         trt.Dims([batch.max, *chw]),

@@ -343,6 +343,14 @@ def test_onnx_inputs_that_cannot_take_the_profile(
         _build(module, onnx_file)
 
 
+def test_the_profile_goes_on_the_input_the_graph_names(
+    load: Callable[..., types.ModuleType], onnx_file: Path
+) -> None:
+    fake = make_fake_trt(input_name="images")
+    _build(load(fake), onnx_file, input_name="images")
+    assert fake.calls["profile"][0] == "images"  # type: ignore[attr-defined]
+
+
 def test_bad_arguments(load: Callable[..., types.ModuleType], onnx_file: Path) -> None:
     module = load(make_fake_trt())
     with pytest.raises(TensorRTBuildError, match="no such ONNX"):
