@@ -7,12 +7,18 @@ intensity ``I`` (``asinh(Q I) / sqrt(Q)`` with ``Q = 20``), so colours survive t
 sky of the real Galaxy10 images sits at 32/255, what this gives for zero flux: the same formula.
 
 A single band is given the r band's scale and replicated into all three channels (grey).
-A camera does not count in nanomaggies: unless ``fields.flux_scale`` says how, each cut-out is
-scaled so that the 99th percentile of its weighted intensity matches a typical Galaxy10 cut-out's
-(``fields.reference_p99``, measured on the real sample).
+A camera does not count in nanomaggies. The scale from frame units to nanomaggies comes from
+``fields.flux_scale`` if set, else from a photometric zero point in the header (``PHOTZP``,
+``MAGZP`` or ``MAGZERO``: one unit is ``10 ** ((22.5 - ZP) / 2.5)`` nanomaggies), else from the
+frame itself: the median over its galaxies of the scale that brings the 99th percentile of a
+cut-out's weighted intensity to a typical Galaxy10 cut-out's (``fields.reference_p99``, measured
+on the real sample). One scale per frame: its galaxies keep their relative brightness.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 
@@ -22,13 +28,27 @@ SURVEY_Q = 20.0
 _GREY_SCALE = 3.4  # a single band is shown like r
 
 
+ZERO_POINT_KEYS = ("PHOTZP", "MAGZP", "MAGZERO")
+
+
+def zero_point_scale(header: Any) -> float | None:
+    """Nanomaggies per frame unit from the header's photometric zero point, if it has one."""
+    if header is None:
+        return None
+    for key in ZERO_POINT_KEYS:
+        value = header.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            return float(10.0 ** ((22.5 - float(value)) / 2.5))
+    return None
+
+
 def weighted_bands(bands: np.ndarray) -> np.ndarray:
     """bands x H x W (g, r, z, or one band) to the three weighted planes in R, G, B order."""
     if bands.shape[0] == 3:
         g, r, z = bands
-        return np.stack(
-            [z * SURVEY_SCALES[2], r * SURVEY_SCALES[1], g * SURVEY_SCALES[0]]
-        ).astype(np.float32)
+        return np.stack([z * SURVEY_SCALES[2], r * SURVEY_SCALES[1], g * SURVEY_SCALES[0]]).astype(
+            np.float32
+        )
     if bands.shape[0] == 1:
         grey = bands[0] * np.float32(_GREY_SCALE)
         return np.stack([grey, grey, grey]).astype(np.float32)
@@ -66,5 +86,9 @@ def invert_rgb(rgb: np.ndarray) -> np.ndarray:
     intensity = np.maximum(intensity, 1e-9)
     stretch = np.arcsinh(SURVEY_Q * intensity) / np.sqrt(SURVEY_Q) / intensity
     planes = [c[:, :, p] / stretch - SURVEY_PEDESTAL for p in range(3)]  # R, G, B weighted
-    z, r, g = (planes[0] / SURVEY_SCALES[2], planes[1] / SURVEY_SCALES[1], planes[2] / SURVEY_SCALES[0])
+    z, r, g = (
+        planes[0] / SURVEY_SCALES[2],
+        planes[1] / SURVEY_SCALES[1],
+        planes[2] / SURVEY_SCALES[0],
+    )
     return np.stack([g, r, z]).astype(np.float32)

@@ -18,15 +18,15 @@ from edge_agent.fields.settings import FieldsConfig
 
 
 def cutout_side(r50: float, settings: FieldsConfig) -> int:
-    side = int(round(settings.framing_r50 * max(r50, 0.0)))
+    side = round(settings.framing_r50 * max(r50, 0.0))
     return max(settings.min_side_px, min(settings.max_side_px, side))
 
 
 def cut(bands: np.ndarray, x: float, y: float, side: int) -> np.ndarray:
     """bands x side x side centred on pixel position (x, y), zero outside the frame."""
     nb, h, w = bands.shape
-    x0 = int(round(x - (side - 1) / 2.0))
-    y0 = int(round(y - (side - 1) / 2.0))
+    x0 = round(x - (side - 1) / 2.0)
+    y0 = round(y - (side - 1) / 2.0)
     out = np.zeros((nb, side, side), dtype=np.float32)
     sx0, sy0 = max(0, x0), max(0, y0)
     sx1, sy1 = min(w, x0 + side), min(h, y0 + side)
@@ -35,13 +35,19 @@ def cut(bands: np.ndarray, x: float, y: float, side: int) -> np.ndarray:
     return out
 
 
+def stamp_flux_scale(
+    bands: np.ndarray, x: float, y: float, side: int, settings: FieldsConfig
+) -> float:
+    """The flux scale that would give this one cut-out a typical Galaxy10 brightness."""
+    return auto_flux_scale(cut(bands, x, y, side), settings.reference_p99)
+
+
 def cutout_image(
-    bands: np.ndarray, x: float, y: float, side: int, settings: FieldsConfig, input_size: int
+    bands: np.ndarray, x: float, y: float, side: int, flux_scale: float, input_size: int
 ) -> np.ndarray:
     """The model's view of one galaxy: uint8 input_size x input_size x 3 RGB."""
     stamp = cut(bands, x, y, side)[:, ::-1, :]
-    scale = settings.flux_scale or auto_flux_scale(stamp, settings.reference_p99)
-    rgb = compose_rgb(stamp, scale)
+    rgb = compose_rgb(stamp, flux_scale)
     if side == input_size:
         return rgb
     interp = cv2.INTER_AREA if side > input_size else cv2.INTER_LINEAR

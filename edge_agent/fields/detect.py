@@ -60,7 +60,7 @@ def _extract(
     while True:
         sep.set_extract_pixstack(pixstack)
         try:
-            return sep.extract(  # type: ignore[no-any-return]
+            return sep.extract(
                 image,
                 settings.detect_sigma,
                 err=rms,
@@ -130,7 +130,9 @@ def _robust_rms(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(flat - med)))
 
 
-def nucleus_positions(image: np.ndarray, catalog: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def nucleus_positions(
+    image: np.ndarray, catalog: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Windowed centroids (Source Extractor's XWIN) started at each source's filtered peak.
 
     With a window of the PSF's size this converges on the nucleus, the position a catalogue (and
@@ -141,7 +143,7 @@ def nucleus_positions(image: np.ndarray, catalog: np.ndarray, sigma: float) -> t
         return np.zeros(0), np.zeros(0)
     x0 = catalog["xcpeak"].astype(float)
     y0 = catalog["ycpeak"].astype(float)
-    x, y, flag = sep.winpos(image, x0, y0, np.full(len(catalog), max(sigma, 0.5)))
+    x, y, _flag = sep.winpos(image, x0, y0, np.full(len(catalog), max(sigma, 0.5)))
     x, y = np.asarray(x, float), np.asarray(y, float)
     bad = ~np.isfinite(x) | ~np.isfinite(y) | (np.hypot(x - x0, y - y0) > 3.0 * max(sigma, 1.0))
     x[bad], y[bad] = x0[bad], y0[bad]
@@ -153,7 +155,7 @@ def half_light_radius(image: np.ndarray, catalog: np.ndarray) -> np.ndarray:
     if len(catalog) == 0:
         return np.zeros(0)
     radius = np.maximum(6.0 * catalog["a"], 3.0)
-    r50, flag = sep.flux_radius(
+    r50, _flag = sep.flux_radius(
         image, catalog["x"], catalog["y"], radius, 0.5, normflux=None, subpix=5
     )
     r50 = np.asarray(r50, dtype=float)

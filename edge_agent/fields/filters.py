@@ -70,9 +70,7 @@ def snr(det: Detections) -> np.ndarray:
     return np.asarray(det.catalog["flux"] / np.maximum(noise, 1e-30), dtype=float)
 
 
-def measure_psf(
-    det: Detections, unusable: np.ndarray, settings: FieldsConfig
-) -> tuple[float, str]:
+def measure_psf(det: Detections, unusable: np.ndarray, settings: FieldsConfig) -> tuple[float, str]:
     if settings.psf_r50_px is not None:
         return settings.psf_r50_px, "configured"
     bright = (snr(det) >= settings.psf_min_snr) & ~unusable & (det.r50 > 0)
@@ -95,7 +93,9 @@ def apply_filters(
         return FilterResult(reason, settings.psf_r50_px or 0.0, "none", dict.fromkeys(REASONS, 0))
     shape = (int(det.segmap.shape[0]), int(det.segmap.shape[1]))
     edge = _touches_edge(cat, shape) if settings.reject_edge else np.zeros(n, dtype=bool)
-    levels = [settings.saturation] * len(saturation) if settings.saturation else saturation
+    levels: list[float | None] = (
+        [settings.saturation] * len(saturation) if settings.saturation else list(saturation)
+    )
     saturated = _saturated(det, raw, levels, 0.999)
     psf, psf_source = measure_psf(det, edge | saturated, settings)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -103,7 +103,13 @@ def apply_filters(
     artefact = (det.r50 < settings.sharp_r50_factor * psf) | (axis_ratio < settings.min_axis_ratio)
     star = det.r50 < settings.star_r50_factor * psf
     faint = snr(det) < settings.min_snr
-    for name, hit in (("faint", faint), ("star", star), ("artefact", artefact), ("saturated", saturated), ("edge", edge)):
+    for name, hit in (
+        ("faint", faint),
+        ("star", star),
+        ("artefact", artefact),
+        ("saturated", saturated),
+        ("edge", edge),
+    ):
         reason[hit] = name  # reverse order: the first rule of the docstring wins
     counts = {name: int((reason == name).sum()) for name in REASONS}
     return FilterResult(reason, psf, psf_source, counts)

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.fields.cutout import cutout_image, cutout_side
+from edge_agent.fields.colour import zero_point_scale
+from edge_agent.fields.cutout import cutout_image, cutout_side, stamp_flux_scale
 from edge_agent.fields.detect import FieldError, detect, nucleus_positions
 from edge_agent.fields.filters import REASONS, apply_filters
 from edge_agent.fields.raw import RawFrame
@@ -74,8 +75,36 @@ def _empty_summary(raw: RawFrame) -> dict[str, Any]:
         "background_rms": None,
         "nan_pixels": 0,
         "sky": "none",
+        "flux_scale": None,
+        "flux_scale_source": "none",
         "timings_ms": {},
     }
+
+
+def _flux_scale(
+    raw: RawFrame,
+    bands: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    sides: list[int],
+    fluxes: np.ndarray,
+    settings: FieldsConfig,
+) -> tuple[float | None, str]:
+    """Frame units to nanomaggies: configured, from the zero point, or from the galaxies."""
+    if settings.flux_scale is not None:
+        return settings.flux_scale, "configured"
+    from_header = zero_point_scale(raw.header)
+    if from_header is not None:
+        return from_header, "zero_point"
+    if not sides:
+        return None, "none"
+    # The reference was measured on Galaxy10's galaxies, which are bright: compare it with the
+    # frame's brightest quarter, not with the faint galaxies a deep frame holds in numbers.
+    brightest = np.argsort(-fluxes, kind="stable")[: max(1, len(sides) // 4)]
+    scales = [
+        stamp_flux_scale(bands, float(xs[k]), float(ys[k]), sides[k], settings) for k in brightest
+    ]
+    return float(np.median(scales)), "galaxies"
 
 
 def process_field(raw: RawFrame, settings: FieldsConfig, input_size: int) -> FieldOutcome:
@@ -109,7 +138,7 @@ def process_field(raw: RawFrame, settings: FieldsConfig, input_size: int) -> Fie
     summary["psf_r50_px"] = round(float(filt.psf_r50), 3)
     summary["psf_source"] = filt.psf_source
     kept = filt.kept
-    summary["galaxies_kept"] = int(len(kept))
+    summary["galaxies_kept"] = len(kept)
     summary["rejected"] = {**filt.counts, "limit": 0}
     t2 = time.perf_counter()
     timings["filter"] = (t2 - t1) * 1e3
@@ -130,13 +159,21 @@ def process_field(raw: RawFrame, settings: FieldsConfig, input_size: int) -> Fie
     # Galaxy10 galaxies on a synthetic sky (the barycentre: 20 of 25 within 3 px).
     xs, ys = nucleus_positions(det.image, cat[kept], 1.5 * filt.psf_r50)
     world = mapper.to_world(xs, ys) if len(kept) else None
+    sides = [cutout_side(float(det.r50[i]), settings) for i in kept]
+    scale, scale_source = _flux_scale(
+        raw, det.subtracted, xs, ys, sides, cat["flux"][kept], settings
+    )
+    summary["flux_scale"] = scale
+    summary["flux_scale_source"] = scale_source
     cutouts = []
     for j, i in enumerate(kept):
-        side = cutout_side(float(det.r50[i]), settings)
+        side = sides[j]
         ra = dec = None
         if world is not None and np.isfinite(world[0][j]) and np.isfinite(world[1][j]):
             ra, dec = float(world[0][j]), float(world[1][j])
-        image = cutout_image(det.subtracted, float(xs[j]), float(ys[j]), side, settings, input_size)
+        image = cutout_image(
+            det.subtracted, float(xs[j]), float(ys[j]), side, scale or 1.0, input_size
+        )
         cutouts.append(
             Cutout(
                 index=int(i),

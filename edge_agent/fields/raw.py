@@ -65,7 +65,9 @@ def saturation_level(header: Any) -> float | None:
     return _integer_top(header)
 
 
-def _check_header(header: Any, path: Path, file_size: int, offset: int, config: DecodeConfig) -> tuple[int, ...]:
+def _check_header(
+    header: Any, path: Path, file_size: int, offset: int, config: DecodeConfig
+) -> tuple[int, ...]:
     naxis = int(header.get("NAXIS", 0))
     dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
     if naxis == 0 or any(d <= 0 for d in dims):
@@ -130,7 +132,9 @@ def _open_checked(path: Path, config: DecodeConfig) -> tuple[np.ndarray, Any]:
             if chosen is None:
                 raise DecodeError("unsupported", f"{path.name}: FITS without an image HDU")
             hdu, header = chosen
-            data = np.array(hdu.data, dtype=np.float32)  # applies BZERO/BSCALE; copies out of the map
+            data = np.array(
+                hdu.data, dtype=np.float32
+            )  # applies BZERO/BSCALE; copies out of the map
             header = header.copy()
     except DecodeError:
         raise
@@ -141,7 +145,9 @@ def _open_checked(path: Path, config: DecodeConfig) -> tuple[np.ndarray, Any]:
     return data, header
 
 
-def _select_planes(data: np.ndarray, config: DecodeConfig, band_order: str, name: str) -> np.ndarray:
+def _select_planes(
+    data: np.ndarray, config: DecodeConfig, band_order: str, name: str
+) -> np.ndarray:
     if data.ndim == 2:
         return data[None]
     planes = data.shape[0]
@@ -175,7 +181,8 @@ def read_fits_bands(paths: Sequence[Path], config: DecodeConfig) -> RawFrame:
     """Three single-band files of one exposure, in g, r, z order; the header is the first's."""
     if len(paths) != 3:
         raise DecodeError("unsupported", f"three band files needed (g, r, z), got {len(paths)}")
-    planes, headers = [], []
+    planes: list[np.ndarray] = []
+    headers: list[Any] = []
     for path in paths:
         data, header = _open_checked(path, config)
         if data.ndim != 2:

@@ -3,8 +3,9 @@
 Defaults come from measurements, recorded in docs/wide-fields.md:
 
 - ``framing_r50``: on 247 galaxies of the real Galaxy10 sample (every fourth image), the 256-pixel
-  side of the cut-out is a median 18.4 times the central galaxy's half-light radius as ``sep``
-  measures it (10th-90th percentile 8.9-35.6: Galaxy10 frames its galaxies loosely).
+  side of the cut-out is a median 19.7 times the central galaxy's half-light radius as this
+  module's detection measures it (10th-90th percentile 10.1-36.4: Galaxy10 frames its galaxies
+  loosely; the isophotal axis and a Petrosian radius spread as much).
 - ``reference_p99``: the 99th percentile of the survey-weighted intensity of those cut-outs,
   sky subtracted, recovered by inverting the survey's colour composition: median 0.26
   (10th-90th percentile 0.12-0.61). The automatic flux scale aims for it.
@@ -64,7 +65,9 @@ class FieldsConfig(BaseModel):
         1.6, gt=0, description="half-light radius under this times the PSF's: a star"
     )
     sharp_r50_factor: float = Field(
-        0.6, gt=0, description="sharper than this times the PSF: an artefact (cosmic ray, hot pixel)"
+        0.6,
+        gt=0,
+        description="sharper than this times the PSF: an artefact (cosmic ray, hot pixel)",
     )
     min_axis_ratio: float = Field(
         0.12, ge=0, le=1, description="b/a under this: an artefact (satellite trail, bad column)"
@@ -77,7 +80,7 @@ class FieldsConfig(BaseModel):
         None, description="saturation level; default: SATURATE/DATAMAX or the integer type's top"
     )
     framing_r50: float = Field(
-        18.4, gt=1, le=1000, description="cut-out side as a multiple of the half-light radius"
+        19.7, gt=1, le=1000, description="cut-out side as a multiple of the half-light radius"
     )
     min_side_px: int = Field(48, ge=8, le=8192, description="smallest cut-out side (frame px)")
     max_side_px: int = Field(1024, ge=8, le=8192, description="largest cut-out side (frame px)")
@@ -87,7 +90,7 @@ class FieldsConfig(BaseModel):
     flux_scale: float | None = Field(
         None,
         gt=0,
-        description="frame units to the survey's nanomaggies; default: per cut-out, from its p99",
+        description="frame units to nanomaggies; default: the header's zero point, else the galaxies'",
     )
     reference_p99: float = Field(
         0.26,

@@ -113,7 +113,7 @@ def make_field(
             continue
         peak = math.exp(rng.uniform(lo, hi))
         half = 12 if peak < 2000 else 30
-        ix, iy = int(round(x)), int(round(y))
+        ix, iy = round(x), round(y)
         if ix - half < 0 or iy - half < 0 or ix + half >= w or iy + half >= h:
             continue
         stamp = psf_stamp(x - ix, y - iy, fwhm, psf, half)
