@@ -22,6 +22,7 @@ from training.model import count_parameters
 from training.plots import confusion_matrix_png, curves_png
 from training.runtime import Runtime
 from training.split import SPLIT_NAME, Split
+from training.weights import record_path
 
 Echo = Callable[[str], None]
 
@@ -100,7 +101,12 @@ def write_report(
         "amp": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off",
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
         "test": test,
-        "files": {"weights": BEST_NAME, "config": CONFIG_NAME, "resume": LAST_NAME},
+        "files": {
+            "weights": BEST_NAME,
+            "weights_sha256": record_path(run_dir / BEST_NAME).name,
+            "config": CONFIG_NAME,
+            "resume": LAST_NAME,
+        },
     }
     (run_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
