@@ -37,6 +37,7 @@ PAYLOAD_TOPICS: dict[str, str] = {
     "classification": "classifications",
     "error": "errors",
     "stats": "stats",
+    "frame_summary": "summaries",
 }
 #: binary JPEGs (mqtt.thumbnails): ``<prefix>/<device_id>/thumbnails/<classification id>``
 THUMBNAIL_TOPIC = "thumbnails"
@@ -55,6 +56,13 @@ ErrorReason = Literal[
     "decode_failed",
     "source_unavailable",
     "source_error",
+    # A wide field processed as far as it could be (edge_agent.fields): no quarantine.
+    "no_data",
+    "too_many_sources",
+    "detection_failed",
+    "nan_pixels",
+    "no_wcs",
+    "bad_wcs",
 ]
 ERROR_REASONS: tuple[str, ...] = typing.get_args(ErrorReason)
 
@@ -182,8 +190,12 @@ def classification_payload(
     model: ModelRef,
     latency_ms: Mapping[str, float],
     metadata: Mapping[str, str] | None = None,
+    cutout: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One classified image or cut-out, for the ``classifications`` topic.
+
+    ``cutout`` is a wide-field galaxy's place (:meth:`edge_agent.fields.process.Cutout.position`:
+    source index, pixel position, size, sky position); its index goes into the ``id``.
 
     ``result`` holds the softmax outputs in official class-id order, the reported class and
     the ranked ``top_k`` (:func:`edge_agent.results.classify`); ``frame_ref`` names the frame
@@ -198,7 +210,9 @@ def classification_payload(
         "schema_version": SCHEMA_VERSION,
         "type": "classification",
         "device_id": _device(device_id),
-        "id": classification_id(device_id, source, frame_ref, model.sha256),
+        "id": classification_id(device_id, source, frame_ref, model.sha256)
+        if cutout is None
+        else cutout_id(device_id, source, frame_ref, model.sha256, int(cutout["index"])),
         "source": source,
         "frame_ref": frame_ref,
         "received_at": iso_utc(received_at),
@@ -216,7 +230,47 @@ def classification_payload(
     }
     if metadata:
         payload["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+    if cutout is not None:
+        payload["cutout"] = dict(cutout)
     return payload
+
+
+def cutout_id(device_id: str, source: str, frame_ref: str, model_sha256: str, index: int) -> str:
+    """A wide-field galaxy's classification id: the frame's, plus the source's index."""
+    return stable_id(device_id, source, frame_ref, model_sha256, f"cutout:{index}")
+
+
+def frame_summary_payload(
+    *,
+    device_id: str,
+    source: str,
+    frame_ref: str,
+    received_at: Timestamp,
+    at: Timestamp,
+    summary: Mapping[str, Any],
+    problems: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """What a wide field held, for the ``summaries`` topic: one per frame, even without galaxies.
+
+    ``summary`` is :attr:`edge_agent.fields.process.FieldOutcome.summary` (sources found, kept,
+    rejected by filter, PSF, sky, time per stage); ``problems`` the (reason, detail) pairs that
+    also went to ``errors``.
+    """
+    body = dict(summary)
+    timings = body.pop("timings_ms", {})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "type": "frame_summary",
+        "device_id": _device(device_id),
+        "id": stable_id(device_id, source, frame_ref, "frame_summary"),
+        "source": source,
+        "frame_ref": frame_ref,
+        "received_at": iso_utc(received_at),
+        "at": iso_utc(at),
+        **body,
+        "timings_ms": _ms(timings),
+        "problems": [{"reason": r, "detail": d} for r, d in problems],
+    }
 
 
 def error_payload(

@@ -39,6 +39,7 @@ SCHEMA_FILES: dict[str, str] = {
     "classification": "classification.schema.json",
     "error": "error.schema.json",
     "stats": "stats.schema.json",
+    "frame_summary": "frame_summary.schema.json",
 }
 
 
