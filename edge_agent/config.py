@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, ImageFormat
 from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.fields.settings import FieldsConfig
 
 LIVE_SCHEMES = ("v4l2", "csi", "rtsp", "rtsps")
 
@@ -142,6 +143,13 @@ class SourceConfig(_Strict):
         None, description="default: drop_oldest for live cameras, block otherwise"
     )
     queue_size: int = Field(32, ge=1, le=100_000)
+    mode: Literal["stamp", "fields"] = Field(
+        "stamp",
+        description=(
+            "stamp: each frame is one centred galaxy (Galaxy10-like); fields: a wide field "
+            "(FITS), whose galaxies are found, cut out and classified one by one (see fields:)"
+        ),
+    )
     indi: IndiSourceConfig | None = Field(None, description="indi:// sources only")
 
     @model_validator(mode="after")
@@ -204,6 +212,10 @@ class AgentConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    fields: FieldsConfig = Field(
+        default_factory=FieldsConfig,
+        description="wide fields (sources in mode fields): detection, filters, framing, colour",
+    )
     quarantine_dir: Path = Path("/var/lib/galaxy-edge/quarantine")
     state_dir: Path = Field(Path("/var/lib/galaxy-edge"), description="ledger lives here")
     stats_interval_s: float = Field(30.0, gt=0)

@@ -12,7 +12,9 @@ that order, 0-based like astropy's ``pixel_to_world``.
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,83 +68,94 @@ def saturation_level(header: Any) -> float | None:
 
 
 def _check_header(
-    header: Any, path: Path, file_size: int, offset: int, config: DecodeConfig
+    header: Any, name: str, file_size: int, offset: int, config: DecodeConfig
 ) -> tuple[int, ...]:
     naxis = int(header.get("NAXIS", 0))
     dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
     if naxis == 0 or any(d <= 0 for d in dims):
         return ()
     if naxis > 3:
-        raise DecodeError("unsupported", f"{path.name}: FITS image of {naxis} axes (need 2 or 3)")
+        raise DecodeError("unsupported", f"{name}: FITS image of {naxis} axes (need 2 or 3)")
     pixels = dims[0] * dims[1]
     if pixels > config.max_pixels:
         raise DecodeError(
             "oversized",
-            f"{path.name}: {dims[0]}x{dims[1]} pixels, above decode.max_pixels={config.max_pixels}",
+            f"{name}: {dims[0]}x{dims[1]} pixels, above decode.max_pixels={config.max_pixels}",
         )
     planes = dims[2] if naxis == 3 else 1
     if planes > 3 and config.fits.bands is None:
         raise DecodeError(
             "unsupported",
-            f"{path.name}: FITS cube of {planes} planes; set decode.fits.bands to 1 or 3 of them",
+            f"{name}: FITS cube of {planes} planes; set decode.fits.bands to 1 or 3 of them",
         )
     nbytes = pixels * planes * abs(int(header.get("BITPIX", 8))) // 8
     if offset + nbytes > file_size:
         raise DecodeError(
             "truncated",
-            f"{path.name}: header promises {nbytes} bytes of data, the file holds "
+            f"{name}: header promises {nbytes} bytes of data, the file holds "
             f"{max(0, file_size - offset)}",
         )
     return tuple(reversed(dims))
 
 
-def _open_checked(path: Path, config: DecodeConfig) -> tuple[np.ndarray, Any]:
-    """The chosen image HDU's data (as stored, 2-D or 3-D) and header, sizes checked first."""
+def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tuple[np.ndarray, Any]:
+    """The chosen image HDU's data (as stored, 2-D or 3-D) and header, sizes checked first.
+
+    ``source`` is a file (memory-mapped: only the chosen HDU's pixels are read) or the bytes of
+    one (an MQTT or INDI frame, already bounded by ``decode.max_bytes``).
+    """
     from astropy.io import fits  # lazy: astropy takes a second to import
 
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(len(_FITS_MAGIC))
+    if isinstance(source, bytes):
+        size, head = len(source), source[: len(_FITS_MAGIC)]
+        opened: Any = io.BytesIO(source)
+    else:
+        size = source.stat().st_size
+        with source.open("rb") as fh:
+            head = fh.read(len(_FITS_MAGIC))
+        opened = source
+    if size == 0:
+        raise DecodeError("truncated", f"{name}: empty input (0 bytes)")
     if not head.startswith(_FITS_MAGIC):
-        raise DecodeError("wrong_type", f"{path.name}: not a FITS file (no SIMPLE card)")
+        raise DecodeError("wrong_type", f"{name}: not a FITS file (no SIMPLE card)")
     if size % _BLOCK != 0:
-        raise DecodeError("truncated", f"{path.name}: {size} bytes, not a multiple of 2880")
+        raise DecodeError("truncated", f"{name}: {size} bytes, not a multiple of 2880")
     try:
-        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdus:
-            chosen = None
-            index = 0
-            while True:
-                try:
-                    hdu = hdus[index]
-                except IndexError:
-                    break
-                if config.fits.hdu is not None and index != config.fits.hdu:
-                    index += 1
-                    continue
-                header = hdu.header
-                offset = int(hdus.fileinfo(index)["datLoc"])
-                dims = _check_header(header, path, size, offset, config)
-                if dims and getattr(hdu, "is_image", True):
-                    chosen = (hdu, header)
-                    break
-                if config.fits.hdu is not None:
-                    break
-                index += 1
-            if chosen is None:
-                raise DecodeError("unsupported", f"{path.name}: FITS without an image HDU")
-            hdu, header = chosen
-            data = np.array(
-                hdu.data, dtype=np.float32
-            )  # applies BZERO/BSCALE; copies out of the map
-            header = header.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns on odd cards; the checks below decide
+            with fits.open(
+                opened, memmap=not isinstance(source, bytes), lazy_load_hdus=True
+            ) as hdus:
+                hdu, header = _choose_hdu(hdus, name, size, config)
+                # applies BZERO/BSCALE; copies out of the memory map
+                data = np.array(hdu.data, dtype=np.float32)
+                header = header.copy()
     except DecodeError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise DecodeError(
-            "corrupt", f"{path.name}: FITS unreadable ({type(exc).__name__}: {exc})"
+            "corrupt", f"{name}: FITS unreadable ({type(exc).__name__}: {exc})"
         ) from exc
     return data, header
+
+
+def _choose_hdu(hdus: Any, name: str, size: int, config: DecodeConfig) -> tuple[Any, Any]:
+    index = 0
+    while True:
+        try:
+            hdu = hdus[index]
+        except IndexError:
+            break
+        if config.fits.hdu is None or index == config.fits.hdu:
+            header = hdu.header
+            offset = int(hdus.fileinfo(index)["datLoc"])
+            dims = _check_header(header, name, size, offset, config)
+            if dims and getattr(hdu, "is_image", True):
+                return hdu, header
+            if config.fits.hdu is not None:
+                break
+        index += 1
+    raise DecodeError("unsupported", f"{name}: FITS without an image HDU")
 
 
 def _select_planes(
@@ -164,10 +177,15 @@ def _select_planes(
     return data
 
 
-def read_fits(path: Path, config: DecodeConfig, band_order: str = "grz") -> RawFrame:
-    """One FITS file (one band, or one HDU of three planes) as a :class:`RawFrame`."""
-    data, header = _open_checked(path, config)
-    data = _select_planes(data, config, band_order, Path(path).name)
+def read_fits(
+    source: Path | bytes, config: DecodeConfig, band_order: str = "grz", name: str | None = None
+) -> RawFrame:
+    """One FITS file or its bytes (one band, or one HDU of three planes) as a :class:`RawFrame`."""
+    name = name or (Path(source).name if not isinstance(source, bytes) else "frame")
+    data, header = _open_checked(
+        Path(source) if not isinstance(source, bytes) else source, name, config
+    )
+    data = _select_planes(data, config, band_order, name)
     sat = saturation_level(header)
     return RawFrame(
         data=np.ascontiguousarray(data, dtype=np.float32),
@@ -177,28 +195,36 @@ def read_fits(path: Path, config: DecodeConfig, band_order: str = "grz") -> RawF
     )
 
 
-def read_fits_bands(paths: Sequence[Path], config: DecodeConfig) -> RawFrame:
-    """Three single-band files of one exposure, in g, r, z order; the header is the first's."""
-    if len(paths) != 3:
-        raise DecodeError("unsupported", f"three band files needed (g, r, z), got {len(paths)}")
+def read_fits_bands(
+    sources: Sequence[Path | bytes], config: DecodeConfig, names: Sequence[str] | None = None
+) -> RawFrame:
+    """Three single-band files (or their bytes) of one exposure, in g, r, z order.
+
+    The header (WCS, pointing) is the first band's; each band keeps its own saturation level.
+    """
+    if len(sources) != 3:
+        raise DecodeError("unsupported", f"three band files needed (g, r, z), got {len(sources)}")
+    labels = (
+        list(names)
+        if names is not None
+        else [
+            Path(s).name if not isinstance(s, bytes) else f"band {i}" for i, s in enumerate(sources)
+        ]
+    )
     planes: list[np.ndarray] = []
     headers: list[Any] = []
-    for path in paths:
-        data, header = _open_checked(path, config)
+    for source, name in zip(sources, labels, strict=True):
+        data, header = _open_checked(source, name, config)
         if data.ndim != 2:
-            raise DecodeError(
-                "unsupported", f"{Path(path).name}: a band file must hold one 2-D image"
-            )
+            raise DecodeError("unsupported", f"{name}: a band file must hold one 2-D image")
         if planes and data.shape != planes[0].shape:
             raise DecodeError(
-                "unsupported",
-                f"{Path(path).name}: {data.shape} pixels, the first band has {planes[0].shape}",
+                "unsupported", f"{name}: {data.shape} pixels, the first band has {planes[0].shape}"
             )
         planes.append(data)
         headers.append(header)
-    cube = np.stack(planes)
     return RawFrame(
-        data=cube,
+        data=np.stack(planes),
         header=headers[0],
         saturation=[saturation_level(h) for h in headers],
         source_dtype=",".join(f"BITPIX={h.get('BITPIX')}" for h in headers),

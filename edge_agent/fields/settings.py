@@ -29,6 +29,11 @@ class FieldsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=2880,
+        description="a wide-field FITS file larger than this is refused unread (oversized)",
+    )
     detect_sigma: float = Field(
         1.5, gt=0, le=100, description="detection threshold, in background RMS per pixel"
     )
