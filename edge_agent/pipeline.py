@@ -30,6 +30,7 @@ from edge_agent.contract.decode_config import ALL_FORMATS
 from edge_agent.contract.errors import PreprocessError
 from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
 from edge_agent.outbox import Outbox, PendingMessage
+from edge_agent.outbox_writer import OutboxWriter
 from edge_agent.quarantine import Quarantine, QuarantineError
 from edge_agent.results import classify
 from edge_agent.sources.base import Frame, FrameHub
@@ -96,6 +97,7 @@ class Pipeline:
     ) -> None:
         self.hub = hub
         self.outbox = outbox
+        self.outbox_writer = OutboxWriter(outbox)  # waits while the disk is full (back-pressure)
         self.quarantine = quarantine
         self.stats = stats
         self.heartbeat = heartbeat
@@ -390,7 +392,9 @@ class Pipeline:
             quarantined_to=where,
             at=time.time(),
         )
-        self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
+        message = PendingMessage(self.topic_errors, payloads.to_bytes(body), self.qos, body["id"])
+        if not self.outbox_writer.put_many([message], self._stop_prepare):
+            return  # stopped while the disk was full: not done, so retried at the next start
         self.on_stored()
         if left is None:
             frame.done()
@@ -492,7 +496,8 @@ class Pipeline:
             )
             if self.thumbnails.enabled:  # same transaction as its result: at-least-once too
                 messages.append(self._thumbnail(p.image, body["id"]))
-        self.outbox.put_many(messages)
+        if not self.outbox_writer.put_many(messages, self._stop_infer, self.heartbeat):
+            return  # stopped while the disk was full: the frames are replayed at the next start
         for p in batch:
             p.frame.done()
         self.on_stored()
