@@ -3,13 +3,19 @@
 Every configuration runs against the same private mosquitto (a free loopback port) and, for
 PostgreSQL, a throw-away cluster (``catalogue.pg_temp``) with the q3c index. The writers are
 real ``galaxy-catalogue run`` processes (two: a ``$share/<group>/...`` shared subscription);
-a publisher sends N agent-shaped v2 classifications from 4 devices at QoS 1 as fast as the
-broker acknowledges them (a window of 1000 in flight). A run's rate is N divided by the time
-from the first publish to the moment the database holds N rows; the publisher's own rate
-(all PUBACKs) is printed beside it, so a run limited by the publisher shows as such.
+a publisher sends N agent-shaped v2 classifications from 4 devices at QoS 1 with up to 1000 in
+flight. Two ways to time it:
+
+- ``live``: the writers run while the publisher publishes; the rate is N divided by the time from
+  the first publish to the moment the database holds N rows. Publisher, broker, writers and
+  database share the CPUs, so the publisher's own rate (all PUBACKs) is printed beside it.
+- ``backlog``: the N messages are queued in the writers' broker sessions while the writers are
+  down (what happens after a writer outage), then drained; the rate counts from the first stored
+  row to the last: the writers alone, start-up excluded.
+
 Repeats give a median. Usage::
 
-    python bench/bench_catalogue.py [--messages 20000] [--repeats 3] [--json out.json]
+    python bench/bench_catalogue.py [--messages 10000] [--repeats 3] [--modes live,backlog]
 """
 
 from __future__ import annotations
@@ -97,14 +103,17 @@ class Broker:
         self.proc.wait(10)
 
 
-def start_writers(count: int, url: str, port: int, work: Path) -> list[subprocess.Popen[bytes]]:
+def start_writers(
+    count: int, url: str, port: int, work: Path, group: str, expiry: int = 0
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` writer processes (a shared group when more than one), once all subscribed."""
     procs = []
-    log = work / "writers.log"
-    group = uuid.uuid4().hex[:8]
+    log = work / f"writers-{uuid.uuid4().hex[:6]}.log"
     for i in range(count):
         cmd = [
             sys.executable, "-m", "catalogue", "--log-level", "INFO", "run", "--database", url,
-            "--port", str(port), "--client-id", f"bench-{group}-{i}", "--session-expiry", "0",
+            "--port", str(port), "--client-id", f"bench-{group}-{i}",
+            "--session-expiry", str(expiry),
         ]  # fmt: skip
         if count > 1:
             cmd += ["--shared-group", group]
@@ -147,8 +156,9 @@ def publish(port: int, n: int) -> float:
     return elapsed
 
 
-def one_run(db: str, url: str, writers: int, n: int, port: int, work: Path) -> dict[str, Any]:
-    procs = start_writers(writers, url, port, work)
+def live_run(url: str, writers: int, n: int, port: int, work: Path) -> dict[str, Any]:
+    """Writers running, then N published: stored rate with the publisher on the same CPUs."""
+    procs = start_writers(writers, url, port, work, uuid.uuid4().hex[:8])
     store = open_store(url)
     try:
         t0 = time.perf_counter()
@@ -162,16 +172,49 @@ def one_run(db: str, url: str, writers: int, n: int, port: int, work: Path) -> d
     finally:
         store.close()
         stop_writers(procs)
-    return {"db": db, "writers": writers, "messages": n, "seconds": total_s, "publish_s": pub_s}
+    return {"rate": n / total_s, "publisher_rate": n / pub_s}
+
+
+def backlog_run(url: str, writers: int, n: int, port: int, work: Path) -> dict[str, Any]:
+    """N queued in the writers' sessions while they are down, then drained: the writers alone.
+
+    The rate counts from the first stored row to the last, so start-up is not in it.
+    """
+    group = uuid.uuid4().hex[:8]
+    stop_writers(start_writers(writers, url, port, work, group, expiry=3600))  # the sessions
+    pub_s = publish(port, n)
+    procs = start_writers(writers, url, port, work, group, expiry=3600)
+    store = open_store(url)
+    try:
+        first: tuple[float, int] | None = None
+        deadline = time.monotonic() + 600
+        while True:
+            count = store.count()
+            now = time.perf_counter()
+            if first is None and count > 0:
+                first = (now, count)
+            if count >= n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {count} of {n} rows after 600 s")
+            time.sleep(0.02)
+        assert first is not None
+        rate = (n - first[1]) / max(1e-9, now - first[0])
+    finally:
+        store.close()
+        stop_writers(procs)
+    return {"rate": rate, "publisher_rate": n / pub_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the raw runs here")
+    parser.add_argument("--modes", default="live,backlog", help="live, backlog or both")
     args = parser.parse_args(argv)
     n = args.messages - args.messages % len(DEVICES)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-catalogue-"))
     broker = Broker(work)
     pg = TemporaryPostgres().start()
@@ -180,29 +223,36 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             for db in ("sqlite", "postgres"):
                 for writers in (1, 2):
-                    if db == "sqlite":
-                        url = f"sqlite:///{work / f'cat-{rep}-{writers}.sqlite3'}"
-                    else:
-                        url = pg.create_database()
-                    run = one_run(db, url, writers, n, broker.port, work)
-                    runs.append(run)
-                    print(
-                        f"run {rep + 1}: {db:<8} {writers} writer(s): {n / run['seconds']:7.0f} "
-                        f"msg/s stored (publisher alone {n / run['publish_s']:7.0f} msg/s)",
-                        flush=True,
-                    )
+                    for mode in modes:
+                        if db == "sqlite":
+                            url = f"sqlite:///{work / f'cat-{rep}-{writers}-{mode}.sqlite3'}"
+                        else:
+                            url = pg.create_database()
+                        fn = live_run if mode == "live" else backlog_run
+                        run = {"db": db, "writers": writers, "mode": mode, "messages": n}
+                        run.update(fn(url, writers, n, broker.port, work))
+                        runs.append(run)
+                        print(
+                            f"run {rep + 1}: {db:<8} {writers} writer(s) {mode:<7}: "
+                            f"{run['rate']:7.0f} msg/s stored (publisher "
+                            f"{run['publisher_rate']:7.0f} msg/s)",
+                            flush=True,
+                        )
     finally:
         pg.stop()
         broker.stop()
-    print(f"\n{n} messages, median of {args.repeats} runs")
-    print("| database | writers | stored msg/s (median) | publisher msg/s (median) |")
-    print("|---|---|---|---|")
+    print(f"\n{n} messages, median of {args.repeats} runs (msg/s stored; publisher msg/s)")
+    print("| database | writers | " + " | ".join(modes) + " |")
+    print("|---|---|" + "---|" * len(modes))
     for db in ("sqlite", "postgres"):
         for writers in (1, 2):
-            sel = [r for r in runs if r["db"] == db and r["writers"] == writers]
-            stored = statistics.median(n / r["seconds"] for r in sel)
-            pub = statistics.median(n / r["publish_s"] for r in sel)
-            print(f"| {db} | {writers} | {stored:.0f} | {pub:.0f} |")
+            cells = []
+            for mode in modes:
+                sel = [r for r in runs if (r["db"], r["writers"], r["mode"]) == (db, writers, mode)]
+                rate = statistics.median(r["rate"] for r in sel)
+                pub = statistics.median(r["publisher_rate"] for r in sel)
+                cells.append(f"{rate:.0f} ({pub:.0f})")
+            print(f"| {db} | {writers} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
     shutil.rmtree(work, ignore_errors=True)
