@@ -20,13 +20,17 @@ from edge_agent.agent import load_backend
 from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_config
 from edge_agent.contract import exit_codes
 from edge_agent.contract.errors import GalaxyEdgeError
-from edge_agent.mqtt_connection import new_client
+from edge_agent.mqtt_connection import describe_connect_error, describe_refusal, new_client
 from edge_agent.sources.base import SourceError
 from edge_agent.sources.factory import SCHEMES, dir_path
 
 
 def probe_broker(config: MqttConfig, timeout_s: float = 5.0) -> str | None:
-    """Connect once and disconnect; ``None`` when the broker accepted us, else why not."""
+    """Connect once and disconnect; ``None`` when the broker accepted us, else why not.
+
+    The same words as the agent's log (:mod:`edge_agent.mqtt_connection`): a TLS verification
+    failure says so and names ``mqtt.tls.ca_file``, a refused CONNACK names the credentials.
+    """
     secret = config.password()
     client = new_client(
         config,
@@ -38,14 +42,28 @@ def probe_broker(config: MqttConfig, timeout_s: float = 5.0) -> str | None:
     done = threading.Event()
 
     def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
-        outcome.append(f"broker refused the connection: {reason}" if reason.is_failure else None)
+        outcome.append(describe_refusal(reason, config) if reason.is_failure else None)
         done.set()
 
+    def on_disconnect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+        if not done.is_set():  # closed before any CONNACK
+            outcome.append(
+                f"the broker at {config.host}:{config.port} closed the connection before "
+                f"answering ({reason}); "
+                + (
+                    "it may require a client certificate (mqtt.tls.cert_file, key_file)"
+                    if config.tls is not None
+                    else "does it expect TLS on this port (mqtt.tls)?"
+                )
+            )
+            done.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     try:
         client.connect(config.host, config.port, keepalive=config.keepalive)
-    except (OSError, ValueError) as exc:
-        return f"mqtt: cannot reach {config.host}:{config.port} ({exc}); is the broker running?"
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return f"mqtt: {describe_connect_error(exc, config)}"
     client.loop_start()
     try:
         if not done.wait(timeout_s):

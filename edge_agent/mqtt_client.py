@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +38,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent import __version__
 from edge_agent.availability import AvailabilityLink
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt_connection import MqttError, new_client
+from edge_agent.mqtt_connection import (
+    ConnectionHealth,
+    MqttError,
+    describe_connect_error,
+    describe_refusal,
+    new_client,
+)
 from edge_agent.outbox import Outbox, OutboxError
 from edge_agent.payloads import THUMBNAIL_TOPIC, status_payload, to_bytes, topic
 
@@ -63,6 +70,19 @@ class _Disconnected:
 
 
 _Event = _Ack | _Connected | _Disconnected | None  # None only wakes the pump
+REFUSAL_LOG_EVERY_S = 60.0
+
+
+@dataclass
+class _Refusal:
+    """A topic the broker refuses (MQTT 5 PUBACK >= 0x80): backed off, logged rate-limited."""
+
+    reason: str
+    since: float  # Unix time
+    count: int = 0
+    logged_at: float = 0.0  # monotonic
+    logged_count: int = 0
+    until: float = 0.0  # monotonic: no new message on this topic before
 
 
 class MqttPublisher:
@@ -103,6 +123,11 @@ class MqttPublisher:
         self.last_error: str | None = None
         self.error: BaseException | None = None  # what killed the pump, if anything
         self._counts = {"published": 0, "acked": 0, "resent": 0, "rejected": 0, "connects": 0}
+        self.connection = ConnectionHealth("mqtt")
+        self._connack_ok = False  # paho thread: this connection got a successful CONNACK
+        self._refused_now = False  # paho thread: this connection's CONNACK refused us
+        self._topic_of: dict[str, str] = {}  # pump thread only: msg_id -> topic, in flight
+        self._refused: dict[str, _Refusal] = {}  # topic -> refusal; written by the pump
 
         self._client = self._make_client(password)
         # The plain online/offline twin of ``status``, on its own connection (one will each).
@@ -172,9 +197,12 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            self.last_error = f"broker refused the connection: {reason_code}"
-            log.error("mqtt %s:%s: %s", self.config.host, self.config.port, self.last_error)
+            self._refused_now = True
+            self.last_error = describe_refusal(reason_code, self.config)
+            self.connection.failed(self.last_error)
             return
+        self._connack_ok = True
+        self.connection.succeeded()
         dropped = client.drop_out_messages()
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         self._publish_status("online")
@@ -182,8 +210,9 @@ class MqttPublisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # TCP refused, DNS, or a TLS handshake that failed (bad CA, no client certificate).
-        cfg = self.config
-        self.last_error = f"cannot connect to {cfg.host}:{cfg.port} (network or TLS); retrying"
+        # paho calls this inside its ``except OSError:`` block: the exception is the cause.
+        self.last_error = describe_connect_error(sys.exc_info()[1], self.config)
+        self.connection.failed(self.last_error)
 
     def _on_disconnect(
         self,
@@ -193,13 +222,27 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        # Also what a refused client certificate looks like under TLS 1.3: the handshake
-        # "succeeds" and the broker closes the connection right after. A CONNACK refusal
-        # (bad password) is the better explanation: keep it.
-        refused = (self.last_error or "").startswith("broker refused")
-        if not self._stopped and not refused:
-            cfg = self.config
-            self.last_error = f"connection to {cfg.host}:{cfg.port} lost ({reason_code})"
+        # Closed before any CONNACK is a failed attempt too: that is what a refused client
+        # certificate looks like under TLS 1.3 (the handshake "succeeds", the broker closes
+        # the connection right after), or a TLS port spoken to in plain text. A CONNACK
+        # refusal (bad password) was counted already, with the better explanation.
+        cfg = self.config
+        if not self._stopped:
+            if self._connack_ok:
+                self.last_error = f"connection to {cfg.host}:{cfg.port} lost ({reason_code})"
+                self.connection.lost(self.last_error)
+            elif not self._refused_now:
+                self.last_error = (
+                    f"the broker at {cfg.host}:{cfg.port} closed the connection before "
+                    f"answering ({reason_code}); "
+                    + (
+                        "it may require a client certificate (mqtt.tls.cert_file, key_file)"
+                        if cfg.tls is not None
+                        else "does it expect TLS on this port (mqtt.tls)?"
+                    )
+                )
+                self.connection.failed(self.last_error)
+        self._connack_ok = self._refused_now = False
         self._events.put(_Disconnected(str(reason_code)))
 
     def _on_publish(
@@ -219,6 +262,11 @@ class MqttPublisher:
             raise MqttError("MqttPublisher.start() called twice")
         self._started = True
         cfg = self.config
+        if not self._v5:
+            log.warning(
+                "mqtt: protocol 3.1.1 cannot say that the broker refused a message (an ACL): "
+                "mosquitto acknowledges and drops it, so it is lost; use protocol 5 to be told"
+            )
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=True)
         self._client.loop_start()
         self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
@@ -238,6 +286,15 @@ class MqttPublisher:
         """published / acked / resent / rejected / connects since start (for ``stats``)."""
         with self._cond:
             return dict(self._counts)
+
+    def health(self) -> dict[str, Any]:
+        """The connection and what the broker refuses, for ``stats``: ``connected``, ``since``
+        (Unix time of the last change), ``last_error``, ``failed_attempts`` (since the last
+        successful connection) and ``refused_topics`` (topic -> the broker's reason)."""
+        state = self.connection.snapshot()
+        with self._cond:
+            state["refused_topics"] = {t: r.reason for t, r in self._refused.items()}
+        return state
 
     def kick(self) -> None:
         """Wake the pump now (after a put) instead of at its next poll."""
@@ -316,6 +373,7 @@ class MqttPublisher:
         # revive the session).
         self._apply_events([e for e in self._drain_events(block=False) if isinstance(e, _Ack)])
         self._mids.clear()
+        self._topic_of.clear()
         self.outbox.release_in_flight()
         return drained
 
@@ -363,23 +421,26 @@ class MqttPublisher:
                 msg_id = self._mids.pop(event.mid, None)
                 if msg_id is None:
                     continue  # birth, offline, stats, or taken back at a reconnect
+                topic_ = self._topic_of.pop(msg_id, "")
                 if event.failed:
-                    # MQTT 5 PUBACK >= 0x80 (not authorized, quota exceeded, ...): keep it,
-                    # out of the window, and try again later rather than in a hot loop.
-                    log.warning("mqtt: broker rejected message %s: %s", msg_id, event.reason)
-                    self.last_error = f"broker rejected a message: {event.reason}"
-                    self._rejected.append((time.monotonic(), msg_id))
-                    self._count("rejected")
+                    # MQTT 5 PUBACK >= 0x80 (not authorized, quota exceeded, ...): NOT
+                    # delivered. Keep it, out of the window, and back off its topic.
+                    self._refuse(topic_, msg_id, event.reason)
                 else:
                     acked.append(msg_id)
+                    if topic_ in self._refused:
+                        self._accepted_again(topic_)
             elif isinstance(event, _Connected):
                 # Ack what came before the reconnect first, then take back paho's leftovers.
                 self._ack(acked)
                 acked = []
                 self._on_session(event)
             elif isinstance(event, _Disconnected):
+                if self._session_ready:  # failed attempts are logged by self.connection
+                    log.warning(
+                        "mqtt: disconnected (%s); %d in flight", event.reason, len(self._mids)
+                    )
                 self._session_ready = False
-                log.warning("mqtt: disconnected (%s); %d in flight", event.reason, len(self._mids))
         self._ack(acked)
 
     def _ack(self, msg_ids: list[str]) -> None:
@@ -409,6 +470,50 @@ class MqttPublisher:
             self.config.host, self.config.port, self.config.protocol, resent, self._window,
         )  # fmt: skip
 
+    def _refuse(self, topic_: str, msg_id: str, reason: str) -> None:
+        now = time.monotonic()
+        self._rejected.append((now, msg_id))
+        self._count("rejected")
+        with self._cond:
+            refusal = self._refused.get(topic_)
+            if refusal is None or refusal.reason != reason:
+                refusal = self._refused[topic_] = _Refusal(reason, time.time())
+            refusal.count += 1
+            refusal.until = now + self._reject_retry_s
+        hint = (
+            f"allow user {self.config.username or '(anonymous)'} to publish to "
+            f"{self.config.topic_prefix}/{self.device_id}/# in the broker's ACL"
+            if "authori" in reason.lower()
+            else "see the broker's log"
+        )
+        self.last_error = f"the broker refuses messages on {topic_}: {reason}; {hint}"
+        if refusal.count == 1:
+            refusal.logged_at, refusal.logged_count = now, 1
+            log.error(
+                "mqtt: %s. They are NOT delivered: they stay in the outbox, and the topic is "
+                "tried again every %.0f s",
+                self.last_error,
+                self._reject_retry_s,
+            )
+        elif now - refusal.logged_at >= REFUSAL_LOG_EVERY_S:
+            log.error(
+                "mqtt: the broker still refuses %s (%s): %d refusals, %d since the last report",
+                topic_,
+                reason,
+                refusal.count,
+                refusal.count - refusal.logged_count,
+            )
+            refusal.logged_at, refusal.logged_count = now, refusal.count
+
+    def _accepted_again(self, topic_: str) -> None:
+        with self._cond:
+            refusal = self._refused.pop(topic_)
+        log.warning(
+            "mqtt: the broker accepts messages on %s again (%d refused before)",
+            topic_,
+            refusal.count,
+        )
+
     def _retry_rejected(self) -> None:
         if not self._rejected:
             return
@@ -418,11 +523,16 @@ class MqttPublisher:
             self._rejected = [(t, m) for t, m in self._rejected if now - t < self._reject_retry_s]
             self.outbox.release_in_flight(due)
 
+    def _backed_off_topics(self) -> set[str]:
+        now = time.monotonic()
+        with self._cond:
+            return {t for t, r in self._refused.items() if r.until > now}
+
     def _fill_window(self) -> None:
         free = self._window - len(self._mids)
         if free <= 0:
             return
-        items = self.outbox.take_unsent(free)
+        items = self.outbox.take_unsent(free, exclude_topics=self._backed_off_topics())
         if not items:
             return
         self.outbox.mark_in_flight(item.msg_id for item in items)
@@ -443,6 +553,7 @@ class MqttPublisher:
                 log.warning("mqtt: publish failed (%s); will retry", mqtt.error_string(info.rc))
                 return
             self._mids[info.mid] = item.msg_id
+            self._topic_of[item.msg_id] = item.topic
             self._count("published")
 
     def _count(self, key: str, n: int = 1) -> None:

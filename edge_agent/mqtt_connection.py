@@ -9,8 +9,12 @@ with backoff forever.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
-from typing import cast
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -96,3 +100,174 @@ def apply_security(client: mqtt.Client, config: MqttConfig, password: str | None
         client.username_pw_set(config.username, password)
     elif password is not None:
         raise MqttError("mqtt: a password is configured but mqtt.username is not; set the username")
+
+
+# --------------------------------------------------------------------- why a connection failed
+# OpenSSL X509_V_ERR_* codes: the chain does not lead to a CA we trust.
+_UNTRUSTED = {2, 18, 19, 20, 21, 27, 30, 32}
+_NAME_MISMATCH = {62, 64}  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+_EXPIRED, _NOT_YET_VALID = 10, 9
+
+
+def describe_connect_error(exc: BaseException | None, config: MqttConfig) -> str:
+    """One line saying why a TCP/TLS connection to the broker failed, and what to check."""
+    where = f"{config.host}:{config.port}"
+    tls = config.tls
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = int(getattr(exc, "verify_code", 0) or 0)
+        detail = getattr(exc, "verify_message", None) or str(exc)
+        if code in _NAME_MISMATCH:
+            return (
+                f"TLS: the broker's certificate at {where} is not valid for the name "
+                f"{config.host!r} ({detail}); connect to a name in its subjectAltName or reissue it"
+            )
+        if code in (_EXPIRED, _NOT_YET_VALID):
+            return (
+                f"TLS: the broker's certificate at {where} is outside its validity ({detail}); "
+                "renew it, or check this device's clock (no RTC before NTP?)"
+            )
+        if tls is not None and tls.ca_file is not None:
+            trust = f"mqtt.tls.ca_file ({tls.ca_file})"
+            fix = "set ca_file to the CA that signed the broker's certificate"
+        else:
+            trust = "a CA of the system's store"
+            fix = "set mqtt.tls.ca_file to the CA that signed the broker's certificate"
+        if code in _UNTRUSTED or code == 0:
+            return (
+                f"TLS: the broker's certificate at {where} is not signed by {trust} "
+                f"({detail}); {fix}"
+            )
+        return f"TLS: the broker's certificate at {where} was refused ({detail}); check it"
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None) or str(exc)
+        hint = (
+            "does this port speak TLS?"
+            if "WRONG_VERSION_NUMBER" in str(reason).upper()
+            else "check mqtt.tls (the broker may require a client certificate: cert_file, key_file)"
+        )
+        return f"TLS handshake with {where} failed ({reason}); {hint}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot reach {where} (connection refused); is the broker running, on this port?"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {config.host!r} ({exc.strerror or exc}); check mqtt.host and DNS"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"no answer from {where} (timed out); check the network, firewall and mqtt.host"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where} ({exc.strerror or exc}); check the network and mqtt.host"
+    if exc is not None:
+        return f"cannot connect to {where} ({type(exc).__name__}: {exc})"
+    return f"cannot connect to {where}"
+
+
+def describe_refusal(reason: object, config: MqttConfig) -> str:
+    """A CONNACK that refused us (MQTT 5 reason code, or its 3.1.1 return code)."""
+    text = str(reason)
+    user = config.username
+    who = f"user {user!r}" if user else "no user name"
+    if "user name or password" in text.lower():
+        return (
+            f"broker refused the connection: {text} ({who}); check mqtt.username and the "
+            "password (mqtt.password_file or the systemd credential) against the broker's"
+        )
+    if "not authori" in text.lower():
+        return (
+            f"broker refused the connection: {text} ({who}); the broker wants credentials it "
+            "accepts (mqtt.username and its password) or does not allow this client"
+        )
+    if "identifier" in text.lower():
+        return f"broker refused the connection: {text}; check mqtt.client_id"
+    return f"broker refused the connection: {text}"
+
+
+class ConnectionHealth:
+    """Connection attempts of one client: what ``stats`` and ``check`` report, what is logged.
+
+    Every failed attempt counts; the log gets the first at once, then a reminder at most every
+    ``log_every_s`` with the number of attempts since (or at once when the cause changes), and
+    one line when a connection succeeds again. Thread-safe (paho's thread writes, others read).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        log_every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.log_every_s = log_every_s
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self.connected = False
+        self.since: float | None = None  # Unix time of the last change (connected or failing)
+        self.last_error: str | None = None
+        self.failed_attempts = 0  # since the last successful connection
+        self._failing_since_mono: float | None = None
+        self._logged_at = 0.0
+        self._logged_cause: str | None = None
+        self._logged_count = 0
+
+    def failed(self, cause: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self.failed_attempts += 1
+            self.last_error = cause
+            if self.connected or self._failing_since_mono is None:
+                self.connected = False
+                self.since = self._wall()
+                self._failing_since_mono = now
+            first = self.failed_attempts == 1
+            if first or cause != self._logged_cause or now - self._logged_at >= self.log_every_s:
+                since = self.failed_attempts - self._logged_count
+                self._logged_at, self._logged_cause = now, cause
+                self._logged_count = self.failed_attempts
+                if first:
+                    log.error("%s: %s (retrying; results wait in the outbox)", self.name, cause)
+                else:
+                    log.error(
+                        "%s: still not connected after %d attempts in %.0f s (%d since the "
+                        "last report): %s",
+                        self.name,
+                        self.failed_attempts,
+                        now - self._failing_since_mono,
+                        since,
+                        cause,
+                    )
+
+    def lost(self, cause: str) -> None:
+        """An established connection dropped (logged by the caller); the next attempt counts."""
+        with self._lock:
+            self.connected = False
+            self.last_error = cause
+            self.since = self._wall()
+            self._failing_since_mono = self._clock()
+
+    def succeeded(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self.failed_attempts:
+                log.warning(
+                    "%s: connected after %d failed attempts in %.0f s",
+                    self.name,
+                    self.failed_attempts,
+                    now - (self._failing_since_mono or now),
+                )
+            self.connected = True
+            self.since = self._wall()
+            self.last_error = None
+            self.failed_attempts = 0
+            self._failing_since_mono = None
+            self._logged_cause = None
+            self._logged_count = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{connected, since, last_error, failed_attempts}`` (``since``: Unix time or None)."""
+        with self._lock:
+            return {
+                "connected": self.connected,
+                "since": self.since,
+                "last_error": self.last_error,
+                "failed_attempts": self.failed_attempts,
+            }
