@@ -47,9 +47,11 @@ def agent_of(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """``agent_of(config_dict)``: the config written and ``edge-agent run`` started on it."""
     made: list[AgentProcess] = []
 
-    def make(cfg: dict[str, Any], env: dict[str, str] | None = None) -> AgentProcess:
+    def make(
+        cfg: dict[str, Any], env: dict[str, str] | None = None, wrap: list[str] | None = None
+    ) -> AgentProcess:
         path = write_config(tmp_path / f"agent{len(made)}.yaml", cfg)
-        agent = AgentProcess(path, tmp_path, env=env).start()
+        agent = AgentProcess(path, tmp_path, env=env, wrap=wrap).start()
         made.append(agent)
         return agent
 

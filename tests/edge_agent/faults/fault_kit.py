@@ -144,8 +144,15 @@ class Feeder:
 class AgentProcess:
     """``edge-agent run --config CFG`` in its own process; ``log`` is its output so far."""
 
-    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ) -> None:
         self.config = config
+        self.wrap = wrap or []  # a command that execs the agent (same pid), e.g. unshare
         self.workdir = workdir
         self.env = env or {}
         self.log_file = workdir / f"{config.stem}.log"
@@ -170,7 +177,7 @@ class AgentProcess:
             log.write(f"--- start {self.starts + 1}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(EDGE_AGENT), "run", "--config", str(self.config)],
+                [*self.wrap, str(EDGE_AGENT), "run", "--config", str(self.config)],
                 env={**os.environ, "NOTIFY_SOCKET": str(sock_path), **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
