@@ -290,8 +290,8 @@ class CatalogueWriter:
                 try:
                     n = store.write([rec])
                 except Exception as exc:
-                    if self._store is None or not store.alive():
-                        raise
+                    if not store.is_row_error(exc):
+                        raise  # the link, not the row: the caller retries the whole batch
                     reason = f"the database refused it: {str(exc).splitlines()[0][:300]}"
                     raw = rec.jpeg if isinstance(rec, Thumbnail) else rec.payload
                     data = raw.encode() if isinstance(raw, str) else raw

@@ -160,6 +160,10 @@ class Store(ABC):
         """Whether the connection still works (after a failed write: a bad row or a lost link)."""
 
     @abstractmethod
+    def is_row_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database refusing these values (not a lost or broken link)."""
+
+    @abstractmethod
     def _ts(self, dt: datetime | None) -> Any:
         """A time as the driver stores it."""
 

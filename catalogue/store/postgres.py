@@ -119,6 +119,9 @@ class PostgresStore(Store):
     def close(self) -> None:
         self._db.close()
 
+    def is_row_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+
     def alive(self) -> bool:
         if self._db.closed or self._db.broken:
             return False

@@ -96,6 +96,9 @@ class SqliteStore(Store):
     def close(self) -> None:
         self._db.close()
 
+    def is_row_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, OverflowError))
+
     def alive(self) -> bool:
         try:
             self._db.execute("SELECT 1").fetchall()

@@ -51,7 +51,11 @@ def test_fits_binary_table(rows: list[dict[str, object]], tmp_path: Path) -> Non
     ra = np.ma.filled(t["ra"], np.nan)  # astropy masks NaN on reading
     assert t["ra"].unit == "deg" and ra[0] == 150.5 and math.isnan(ra[1])
     assert t["p_5"][0] == pytest.approx(0.8) and "Barred Spiral" in t["p_5"].description
-    assert t["class_id"].dtype.kind == "i" and t["class_id"].dtype.itemsize == 2 and bool(t["uncertain"][0]) is False
+    assert (
+        t["class_id"].dtype.kind == "i"
+        and t["class_id"].dtype.itemsize == 2
+        and bool(t["uncertain"][0]) is False
+    )
 
 
 def test_votable_carries_units_and_ucds(rows: list[dict[str, object]], tmp_path: Path) -> None:

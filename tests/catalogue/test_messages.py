@@ -127,3 +127,16 @@ def test_compiled_validation_only_where_it_checks_every_keyword() -> None:
     bad["top_k"] = []
     checker = checkers[("classification", 2)]
     assert "top_k" in str(checker.first_error(bad).absolute_path[0])  # worded by jsonschema
+
+
+def test_a_wide_field_cut_out_position_as_the_fields_module_writes_it() -> None:
+    where = {"index": 3, "x": 812.25, "y": 90.5, "size_px": 64, "r50_px": 4.1, "ra": 210.8023461,
+             "dec": 54.3487122, "sky": "wcs", "approximate": False}  # fmt: skip
+    rec = parse_message(f"{P}/d/classifications", to_bytes(classification("d", 1, cutout=where)), P)
+    assert isinstance(rec, Classification)
+    assert (rec.ra, rec.dec, rec.x, rec.y) == (210.8023461, 54.3487122, 812.25, 90.5)
+    no_wcs = {**where, "ra": None, "dec": None, "sky": "none"}
+    rec = parse_message(
+        f"{P}/d/classifications", to_bytes(classification("d", 1, cutout=no_wcs)), P
+    )
+    assert isinstance(rec, Classification) and rec.ra is None and rec.x == 812.25

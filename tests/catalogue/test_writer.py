@@ -135,3 +135,69 @@ def store_query():  # type: ignore[no-untyped-def]
     from catalogue.store import Query
 
     return Query()
+
+
+def test_a_database_that_fails_is_retried_and_nothing_is_lost_or_set_aside(
+    mosquitto: MosquittoBroker, publisher: Publisher, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from catalogue.store.sqlite import SqliteStore
+
+    db = tmp_path / "cat.sqlite3"
+    writes = {"n": 0}
+
+    class Failing(SqliteStore):  # the disk or the server, not the rows: 4 writes fail
+        def write(self, records, rejected=()):  # type: ignore[no-untyped-def]
+            writes["n"] += 1
+            if writes["n"] <= 4:
+                raise sqlite3.OperationalError("disk I/O error (test)")
+            return super().write(records, rejected)
+
+    w = CatalogueWriter(settings(mosquitto, db), store_factory=lambda url: Failing(db))
+    w.start()
+    try:
+        assert w.wait_subscribed(10)
+        publisher.publish_many(
+            [
+                (f"{P}/dev-1/classifications", to_bytes(classification("dev-1", n)))
+                for n in range(20)
+            ]
+        )
+        assert wait_until(lambda: count(db) == 20, 30), w.counters.snapshot()
+        assert w.counters.snapshot()["store_failures"] >= 2
+        assert count(db, "rejected") == 0  # a failing database does not make rows "bad"
+    finally:
+        w.stop()
+
+
+@pytest.mark.usefixtures("mosquitto")
+def test_a_row_postgres_refuses_is_set_aside_and_the_rest_stored(
+    mosquitto: MosquittoBroker, publisher: Publisher, pg_url: str
+) -> None:
+    s = WriterSettings.model_validate(
+        {
+            "database": pg_url,
+            "broker": {"host": mosquitto.host, "port": mosquitto.port, "client_id": "pg-writer"},
+            "batch_wait_ms": 200,
+        }
+    )
+    w = CatalogueWriter(s)
+    w.start()
+    try:
+        assert w.wait_subscribed(10)
+        nul = classification("dev-1", 0, frame_ref="bad\u0000name.png")  # valid JSON, not for PG
+        msgs = [(f"{P}/dev-1/classifications", to_bytes(nul))]
+        msgs += [
+            (f"{P}/dev-1/classifications", to_bytes(classification("dev-1", n)))
+            for n in range(1, 10)
+        ]
+        publisher.publish_many(msgs)  # one batch: the bad row must not block the other nine
+        store = open_store(pg_url)
+        try:
+            assert wait_until(lambda: store.count() == 9 and store.count("rejected") == 1, 30)
+            assert "the database refused it" in store.rejected()[0]["reason"]
+        finally:
+            store.close()
+    finally:
+        w.stop()
