@@ -321,6 +321,10 @@ def export_checkpoint(
     report.provenance = provenance
     report.spec = loaded.spec
     write_metadata(out_path, loaded.model_name, provenance, report.parameters, loaded.spec)
+    # The temperature of a calibrated run travels in the ONNX too (build_engine/calibration_metadata).
+    from build_engine.calibration_metadata import write_calibration_metadata
+
+    write_calibration_metadata(out_path, loaded.calibration)
     return report
 
 

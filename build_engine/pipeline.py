@@ -30,6 +30,7 @@ import numpy as np
 
 from build_engine import gate as gate_mod
 from build_engine.bundle import check_output_dir, write_bundle
+from build_engine.calibration_metadata import read_calibration_metadata
 from build_engine.device import DeviceInfo
 from build_engine.errors import ExportError, PrecisionError, UsageError
 from build_engine.export import (
@@ -431,6 +432,13 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
     with tempfile.TemporaryDirectory(prefix="build-engine-") as tmp:
         scratch = Path(tmp)
         source = _source(request, scratch, log)
+        calibration = read_calibration_metadata(load_onnx(source.path), str(source.path))
+        log(
+            f"calibration: softmax(logits / {calibration.temperature:.4f}), ECE "
+            f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f} on the {calibration.fitted_on}"
+            if calibration is not None
+            else "calibration: none in the model (raw softmax; galaxy-train calibrate fits one)"
+        )
         spec = source.spec
         log(f"preprocessing spec from {source.spec_origin}: {_spec_line(spec)}")
         candidate = _Candidate(source.path, "fp32", Quantization.model_validate({}))
@@ -481,6 +489,7 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
             tensorrt=trt_info,
             kernels=kernel_info,
             training=source.provenance,
+            calibration=calibration,
         )
         written = write_bundle(request.out, files, manifest)
     log(f"wrote {backend} {candidate.precision} bundle to {request.out}")

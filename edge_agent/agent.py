@@ -69,6 +69,22 @@ def model_info(
         "backend": backend.name,
         "input_size": manifest.preprocess.input_size,
         "preprocess_device": preprocess_device,
+        "calibration": calibration_info(manifest),
+    }
+
+
+def calibration_info(manifest: Manifest) -> dict[str, Any] | None:
+    """How the bundle's probabilities are calibrated, for the birth; None: raw softmax."""
+    c = manifest.calibration
+    if c is None:
+        return None
+    return {
+        "method": c.method,
+        "temperature": c.temperature,
+        "fitted_on": c.fitted_on,
+        "images": c.images,
+        "ece_before": c.ece_before,
+        "ece_after": c.ece_after,
     }
 
 

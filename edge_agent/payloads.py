@@ -225,6 +225,7 @@ def classification_payload(
             {"class_id": i, "label": CLASS_NAMES[i], "probability": probs[i]} for i in ranked
         ],
         "uncertain": bool(result.uncertain),
+        "calibrated": bool(result.calibrated),
         "model": model.as_json(),
         "latency_ms": _ms(latency_ms),
     }

@@ -26,6 +26,7 @@ class Classification:
     probabilities: tuple[float, ...]  # official class-id order
     top_k: tuple[tuple[int, str, float], ...]
     uncertain: bool
+    calibrated: bool = False  # probabilities are softmax(logits / T) of the bundle's calibration
 
     def by_name(self) -> dict[str, float]:
         return dict(zip(CLASS_NAMES, self.probabilities, strict=True))
@@ -49,9 +50,19 @@ def top_k(probabilities: np.ndarray, k: int) -> list[list[int]]:
     return [row[:k].tolist() for row in order]
 
 
-def classify(logits: np.ndarray, *, uncertain_below: float, k: int = 3) -> list[Classification]:
-    """One :class:`Classification` per row of ``logits`` (N x 10, official class order)."""
-    probs = softmax(logits)
+def classify(
+    logits: np.ndarray, *, uncertain_below: float, k: int = 3, temperature: float | None = None
+) -> list[Classification]:
+    """One :class:`Classification` per row of ``logits`` (N x 10, official class order).
+
+    ``temperature`` is the bundle's calibration (``manifest.calibration.temperature``): the
+    probabilities are then ``softmax(logits / T)``, so ``confidence`` and ``uncertain`` are
+    calibrated; None means raw softmax, flagged ``calibrated=False``.
+    """
+    if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
+        raise ResultError(f"temperature {temperature} is not a positive number")
+    x = np.asarray(logits, dtype=np.float64)
+    probs = softmax(x / temperature if temperature is not None else x)
     if probs.shape[1] != len(CLASS_NAMES):
         raise ResultError(
             f"model gives {probs.shape[1]} outputs per frame, expected {len(CLASS_NAMES)} classes; "
@@ -70,6 +81,7 @@ def classify(logits: np.ndarray, *, uncertain_below: float, k: int = 3) -> list[
                 probabilities=tuple(float(v) for v in row),
                 top_k=tuple((i, CLASS_NAMES[i], float(row[i])) for i in ranked),
                 uncertain=confidence < uncertain_below,
+                calibrated=temperature is not None,
             )
         )
     return out

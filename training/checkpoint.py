@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from edge_agent.contract.manifest import TrainingProvenance
+from edge_agent.contract.manifest import Calibration, TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
 from training.config import TrainConfig, config_from_json, config_to_json
 from training.errors import CheckpointError, TrainingError, UsageError
@@ -44,6 +44,7 @@ class ExportableModel:
     provenance: TrainingProvenance
     config: TrainConfig
     spec: PreprocessSpec  # the eval transform the model was trained with
+    calibration: Calibration | None = None  # temperature scaling (training/calibration.py)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -170,6 +171,8 @@ def load_for_export(path: Path) -> ExportableModel:
     ``path`` is a run directory or a ``.safetensors`` checkpoint written by ``galaxy-train``;
     its weights are verified against their recorded sha256 before they are read.
     """
+    from training.calibration import read_calibration
+
     weights = find_weights(path)
     sha256 = verify_weights(weights)
     model, config = load_model_weights(weights)
@@ -181,4 +184,5 @@ def load_for_export(path: Path) -> ExportableModel:
         provenance=read_provenance(weights, config, sha256),
         config=config,
         spec=config.spec,
+        calibration=read_calibration(weights),
     )

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"galaxy-train {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,calibrate}")
 
     t = sub.add_parser(
         "train",
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="no progress bar",
     )
+    from training.calibrate_cli import add_parser as add_calibrate
+
+    add_calibrate(sub, epilog)
     return parser
 
 
@@ -265,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(args)
+        if args.command == "calibrate":
+            from training.calibrate_cli import run as run_calibrate
+
+            return run_calibrate(args)
         return run_evaluate(args)
     except GalaxyEdgeError as exc:
         print(f"galaxy-train: error: {exc}", file=sys.stderr)

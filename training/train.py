@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from edge_agent.contract.labelled_data import LabelledImages, open_labelled
+from training.calibration import calibrate_trained
 from training.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -323,6 +324,21 @@ def _run(
         echo(f"early stopping: no better val accuracy for {config.patience} epochs")
     stopper.restore(model)
     echo(f"restored the best weights: epoch {stopper.best_epoch}, val acc {stopper.best_value:.4f}")
-    return write_report(
+    metrics = write_report(
         config, run_dir, model, images, split, history, stopper, stopped_early, runtime, echo
     )
+    # Temperature scaling on the validation split: stored in best.safetensors (sha re-recorded),
+    # metrics.json and reliability.png (training/calibration.py).
+    metrics["calibration"] = calibrate_trained(
+        model,
+        run_dir,
+        images,
+        split,
+        config.spec,
+        device=runtime.device,
+        batch_size=config.eval_batch_size or 2 * config.batch_size,
+        workers=config.workers or 0,
+        progress=config.progress,
+        echo=echo,
+    )
+    return metrics

@@ -134,6 +134,26 @@ class TrainingProvenance(_Strict):
     checkpoint_sha256: str | None = None
 
 
+class Calibration(_Strict):
+    """How the model's probabilities are calibrated: ``softmax(logits / temperature)``.
+
+    Temperature scaling (Guo et al. 2017): one scalar fitted after training by minimising the
+    negative log-likelihood on held-out images (the run's validation split). It changes no
+    prediction, only how far the confidence can be trusted; the ECE figures say how far.
+    """
+
+    method: Literal["temperature"] = "temperature"
+    temperature: float = Field(gt=0.0, description="T of softmax(logits / T); 1 changes nothing")
+    fitted_on: str = Field(description="the labelled images T was fitted on, in words")
+    images: int = Field(ge=1, description="how many images T was fitted on")
+    bins: int = Field(15, ge=1, description="equal-width confidence bins of the ECE figures")
+    ece_before: float = Field(ge=0.0, le=1.0, description="ECE of softmax(logits) on fitted_on")
+    ece_after: float = Field(ge=0.0, le=1.0, description="ECE of softmax(logits / T) there")
+    test_images: int | None = Field(None, ge=1, description="held-out test images, if any")
+    test_ece_before: float | None = Field(None, ge=0.0, le=1.0, description="ECE on the test")
+    test_ece_after: float | None = Field(None, ge=0.0, le=1.0, description="ECE on it with T")
+
+
 class Manifest(_Strict):
     format_version: int = FORMAT_VERSION
     created: str = Field(description="ISO 8601 UTC time of the build")
@@ -153,6 +173,9 @@ class Manifest(_Strict):
     openvino: OpenVinoInfo | None = None
     kernels: KernelInfo | None = None
     training: TrainingProvenance = Field(default_factory=TrainingProvenance)
+    calibration: Calibration | None = Field(
+        None, description="temperature scaling of the probabilities; None: raw softmax"
+    )
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
 
 

@@ -23,7 +23,7 @@ from build_engine.export import (
     read_metadata,
     run_onnx,
 )
-from edge_agent.contract.manifest import TrainingProvenance
+from edge_agent.contract.manifest import Calibration, TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
 
 NON_DEFAULT_SPEC = PreprocessSpec(input_size=64, crop="none", scale=1 / 255, offset=0.0)
@@ -106,6 +106,7 @@ class _Loaded:
     input_size: int
     provenance: TrainingProvenance
     spec: PreprocessSpec = NON_DEFAULT_SPEC
+    calibration: Calibration | None = None
 
 
 def _fake_training(monkeypatch: pytest.MonkeyPatch, loaded: _Loaded) -> None:

@@ -85,9 +85,11 @@ def test_classification_fields_and_values() -> None:
         "probabilities",
         "top_k",
         "uncertain",
+        "calibrated",
         "model",
         "latency_ms",
     }
+    assert p["calibrated"] is False  # a Classification is uncalibrated unless it says so
     assert p["schema_version"] == SCHEMA_VERSION == 2
     assert p["type"] == "classification" and p["device_id"] == "jetson-01"
     assert p["label"] == "Round Smooth" and p["class_id"] == 2
@@ -285,7 +287,7 @@ def test_to_bytes_is_compact_sorted_and_round_trips() -> None:
     assert json.loads(raw) == p
     assert b'": ' not in raw and b', "' not in raw  # no padding between tokens
     assert raw == to_bytes(dict(reversed(list(p.items()))))  # key order does not matter
-    assert raw.startswith(b'{"class_id":2,"classified_at":')
+    assert raw.startswith(b'{"calibrated":false,"class_id":2,"classified_at":')
     assert to_bytes({"label": "é"}) == '{"label":"é"}'.encode()  # UTF-8, not \\u escapes
     with pytest.raises(PayloadError):
         to_bytes({"x": float("inf")})
