@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt_connection import MqttError, new_client
+from edge_agent.mqtt_connection import ConnectionHealth, MqttError, describe_refusal, new_client
 from edge_agent.payloads import availability_payload, topic
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class AvailabilityLink:
         self._started = False
         self._stopped = False
         self.online = threading.Event()  # set once the broker took an ``online`` from us
+        # Rate-limited: the publisher's connection reports the same causes in full.
+        self.connection = ConnectionHealth("mqtt availability link")
 
     def _on_connect(
         self,
@@ -53,8 +55,9 @@ class AvailabilityLink:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            log.error("mqtt availability connection refused: %s", reason_code)
+            self.connection.failed(describe_refusal(reason_code, self.config))
             return
+        self.connection.succeeded()
         client.publish(self.topic, availability_payload("online"), qos=1, retain=True)
         self.online.set()
 
