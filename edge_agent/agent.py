@@ -130,7 +130,10 @@ class Agent:
         self.manifest, self.backend = load_backend(cfg)
         self._undo.append(self.backend.close)
         self.outbox = Outbox(
-            cfg.mqtt.outbox.path, cfg.mqtt.outbox.max_bytes, cfg.mqtt.outbox.max_age_s
+            cfg.mqtt.outbox.path,
+            cfg.mqtt.outbox.max_bytes,
+            cfg.mqtt.outbox.max_age_s,
+            reserve_bytes=cfg.mqtt.outbox.reserve_bytes,
         )
         self._undo.append(self.outbox.close)
         self.ledger = Ledger(cfg.state_dir / "ledger.sqlite3")
@@ -222,9 +225,13 @@ class Agent:
         s = self.stats.snapshot()
         p99 = s.latency_ms.get("total", {}).get("p99")
         lat = f", p99 {p99:.0f} ms" if p99 is not None else ""
+        trouble = ", OUTBOX DISK FULL (waiting)" if self.outbox.health().full else ""
+        if not self.publisher.connection.connected:
+            trouble += ", mqtt not connected"
         return (
             f"{s.fps_in:.1f} fps in, {s.fps_out:.1f} out, {s.frames_out} done, "
             f"{s.errors} rejected, queue {self.hub.depth()}, outbox {self.outbox.depth()}{lat}"
+            f"{trouble}"
         )
 
     def _create_source(self, sc: SourceConfig, cfg: AgentConfig) -> Source:
@@ -258,6 +265,8 @@ class Agent:
             outbox_bytes=self.outbox.bytes(),
             outbox_dropped=self.outbox.dropped(),
             mqtt=self.publisher.counters(),
+            outbox_health=self.outbox.health().as_stats(),
+            mqtt_health=self.publisher.health(),
             sources={
                 name: health
                 for name, (_, source) in self.sources.items()

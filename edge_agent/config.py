@@ -47,6 +47,12 @@ class OutboxConfig(_Strict):
     path: Path = Field(Path("/var/lib/galaxy-edge/outbox.sqlite3"), description="SQLite file")
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="oldest dropped (counted) above")
     max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="older results dropped (counted)")
+    reserve_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="space set aside next to the outbox (<path>.reserve) and freed when its disk "
+        "is full, so acknowledged messages can still be deleted; 0 disables it",
+    )
 
 
 class ThumbnailConfig(_Strict):

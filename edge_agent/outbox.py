@@ -98,6 +98,23 @@ class OutboxHealth:
     def full(self) -> bool:
         return self.full_since is not None
 
+    def as_stats(self) -> dict[str, object]:
+        """The ``stats`` payload's ``outbox`` fields (``full_since`` in Unix seconds)."""
+        return {
+            "full": self.full,
+            "full_since": self.full_since,
+            "error": self.error,
+            "acked_unremoved": self.acked_unremoved,
+        }
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 1 << 62  # cannot tell: let the write itself find out
+    return st.f_bavail * st.f_frsize
+
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether an ``sqlite3`` error is SQLITE_FULL (Python 3.10 has no ``sqlite_errorcode``)."""
@@ -265,14 +282,9 @@ class Outbox:
         if self.reserve_bytes == 0:
             self._drop_reserve()
             return
-        try:
-            st = os.statvfs(self.path.parent)
-            free = st.f_bavail * st.f_frsize
-        except OSError:
-            free = None
         # A reserve already in place on a file system with less than that free: the disk filled
         # while we were away. Give the space to SQLite (opening may need it) and start "full".
-        if free is not None and free < self.reserve_bytes and self._reserve_in_place():
+        if _free_bytes(self.path.parent) < self.reserve_bytes and self._reserve_in_place():
             self._drop_reserve()
             self._enter_full("file system full at start")
         elif not self._make_reserve():
@@ -348,6 +360,11 @@ class Outbox:
             return True
         self._retry_deletes_locked(force=True)
         self._give_back_space_locked(force=True)
+        # Hysteresis: room for the reserve AND as much again to write in. Without it, the
+        # space the reserve just freed would pass for "room again", a put would take it, and
+        # the deletes it was freed for would fail once more.
+        if self.reserve_bytes and _free_bytes(self.path.parent) < 2 * self.reserve_bytes:
+            return False
         return self._make_reserve()
 
     def _mark_writable_locked(self) -> None:

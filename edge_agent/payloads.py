@@ -320,6 +320,15 @@ def _source_health(health: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_times(health: Mapping[str, Any] | None, *time_keys: str) -> dict[str, Any]:
+    """A health mapping with its Unix times in the payloads' one timestamp format."""
+    out = dict(health or {})
+    for key in time_keys:
+        if key in out:
+            out[key] = iso_utc(out[key]) if out[key] is not None else None
+    return out
+
+
 def stats_payload(
     *,
     device_id: str,
@@ -336,6 +345,8 @@ def stats_payload(
     outbox_dropped: Mapping[str, int],
     mqtt: Mapping[str, int],
     sources: Mapping[str, Mapping[str, Any]] | None = None,
+    outbox_health: Mapping[str, Any] | None = None,
+    mqtt_health: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Periodic health report for the ``stats`` topic (QoS 0: the next one replaces it).
 
@@ -347,6 +358,9 @@ def stats_payload(
     ``outbox_dropped`` what the outbox limits dropped since the outbox file was created;
     ``mqtt`` the publisher's counters since start; ``sources`` the health of the sources that
     report one (a camera: connected, last error and since when), by source name.
+    ``outbox_health`` (``full``, ``full_since``, ``error``, ``acked_unremoved``) and
+    ``mqtt_health`` (``connected``, ``since``, ``last_error``, ``failed_attempts``,
+    ``refused_topics``) join the ``outbox`` and ``mqtt`` objects; times are Unix seconds.
     """
     seconds = float(interval_s)
     if not math.isfinite(seconds) or seconds < 0:
@@ -370,8 +384,9 @@ def stats_payload(
             "depth": int(outbox_depth),
             "bytes": int(outbox_bytes),
             "dropped": {str(k): int(v) for k, v in outbox_dropped.items()},
+            **_with_times(outbox_health, "full_since"),
         },
-        "mqtt": {str(k): int(v) for k, v in mqtt.items()},
+        "mqtt": {**{str(k): int(v) for k, v in mqtt.items()}, **_with_times(mqtt_health, "since")},
         "sources": {str(k): _source_health(v) for k, v in (sources or {}).items()},
     }
 
