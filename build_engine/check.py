@@ -48,6 +48,15 @@ def _device_reasons(manifest: Manifest, device: DeviceInfo) -> list[str]:
         reasons.append(str(exc))
     except ManifestError as exc:
         reasons.append(str(exc))
+    if manifest.backend == "openvino":
+        from edge_agent.backends.openvino_host import probe as probe_openvino
+        from edge_agent.contract.manifest import check_openvino
+
+        host = probe_openvino()
+        try:
+            check_openvino(manifest, version=host.version, isa=host.isa)
+        except ManifestError as exc:  # StaleBundleError included
+            reasons.append(str(exc))
     trt = manifest.tensorrt
     if trt is not None:
         if trt.l4t_release and device.l4t_release and trt.l4t_release != device.l4t_release:

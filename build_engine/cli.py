@@ -30,7 +30,10 @@ EXIT_GATE = exit_codes.GATE_REFUSED
 EXIT_STALE = exit_codes.INVALID_BUNDLE
 
 NOTES = """\
-Without TensorRT (any non-Jetson host) --backend auto writes an ONNX Runtime bundle.
+Without TensorRT, --backend auto writes an OpenVINO bundle on an Intel CPU where openvino is
+installed (extra [openvino]), else an ONNX Runtime bundle. An OpenVINO bundle without
+--precision ships the fastest of FP32, BF16 (CPUs with AMX or AVX-512 BF16) and INT8 (with
+--calib-data) that passes the accuracy gate on this CPU, and the log says which and why.
 The accuracy gate compares the candidate with the FP32 model on the same held-out images and
 passes it when the lower end of the 90% interval of (candidate - reference) top-1 (a one-sided
 95% bound, Newcombe's paired method) is at least -THRESHOLD points: with 200 images and 1.0
@@ -41,7 +44,10 @@ EPILOG = exit_codes.epilog(NOTES)
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="build-engine",
-        description="Build a galaxy-edge bundle (TensorRT plan or ONNX Runtime model + manifest).",
+        description=(
+            "Build a galaxy-edge bundle (TensorRT plan, OpenVINO compiled model or ONNX Runtime "
+            "model, with its manifest)."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,15 +73,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="bundle directory to write (replaced atomically)")
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
+        choices=("fp32", "fp16", "bf16", "int8"),
         default=None,
-        help="default: fp16 for TensorRT, fp32 for ONNX Runtime",
+        help="default: fp16 for TensorRT, fp32 for ONNX Runtime, the fastest that passes the gate "
+        "for OpenVINO (bf16: OpenVINO on CPUs with AMX or AVX-512 BF16)",
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "onnxruntime", "tensorrt"),
+        choices=("auto", "onnxruntime", "tensorrt", "openvino"),
         default="auto",
-        help="auto: TensorRT where it imports, else ONNX Runtime (default auto)",
+        help="auto: TensorRT where it imports, else OpenVINO on an Intel CPU where it is "
+        "installed, else ONNX Runtime (default auto)",
     )
     p.add_argument("--calib-data", type=Path, help="labelled images for INT8: CSV, folders or .h5")
     p.add_argument(
@@ -144,6 +152,13 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="TensorRT timing cache file, read and updated (reused across builds)",
+    )
+    p.add_argument(
+        "--plan-builder",
+        choices=["tensorrt", "torch-tensorrt"],
+        default="tensorrt",
+        help="what compiles the TensorRT plan: TensorRT's ONNX parser (default), or torch-tensorrt "
+        "from the --checkpoint's torch model (fp32/fp16; unverified: not installable here)",
     )
     p.add_argument(
         "--kernels",
@@ -229,6 +244,7 @@ def _run(args: argparse.Namespace) -> int:
         quantizer=args.quantizer,
         calibration_method=args.calibration_method,
         progress=not args.no_progress,
+        plan_builder=args.plan_builder,
     )
     device = probe()
     if args.check is not None:

@@ -35,6 +35,8 @@ class DeviceInfo:
     dla_cores: int
     cuda_version: str | None  # of nvcc, e.g. "12.6.68"
     nvcc: str | None  # path of nvcc
+    openvino_version: str | None = None  # openvino.__version__ where the extra is installed
+    intel_cpu: bool = False  # where OpenVINO's CPU plugin is the runtime of choice
 
     @property
     def arch(self) -> str | None:
@@ -209,9 +211,12 @@ def dla_cores(trt: ModuleType | None) -> int:
 
 def probe() -> DeviceInfo:
     """Everything above, gathered once; never raises on a host that lacks any of it."""
+    from edge_agent.backends.openvino_host import probe as probe_openvino
+
     trt = import_tensorrt()
     name, cap = gpu()
     nvcc = find_nvcc()
+    openvino = probe_openvino()
     return DeviceInfo(
         tensorrt_version=str(trt.__version__) if trt is not None else None,
         gpu_name=name,
@@ -220,4 +225,6 @@ def probe() -> DeviceInfo:
         dla_cores=dla_cores(trt),
         cuda_version=nvcc_version(nvcc) if nvcc else None,
         nvcc=nvcc,
+        openvino_version=openvino.version,
+        intel_cpu=openvino.intel,
     )

@@ -21,6 +21,7 @@ top-1 of 90% not even that, -1.34, because the interval is wider near the ends o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +112,22 @@ def evaluate(
     min_images: int = DEFAULT_MIN_IMAGES,
     reference_name: str = "fp32 onnxruntime",
     progress: bool = False,
+    candidate_predict: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> AccuracyGate:
-    """Compare ``candidate`` with ``reference`` on ``data``; the verdict is in ``passed``."""
+    """Compare ``candidate`` with ``reference`` on ``data``; the verdict is in ``passed``.
+
+    ``candidate_predict`` runs the candidate in the runtime that will ship it (top-1 ids of a
+    batch of model inputs) when that is not ONNX Runtime, e.g. OpenVINO with a BF16 hint.
+    """
     if len(data) == 0:
         raise GateDataError("accuracy gate has no held-out images; pass --gate-data")
     check_size(len(data), min_images)
     ref_pred = predict(reference, data.images, progress=progress, desc="gate: reference")
-    cand_pred = predict(candidate, data.images, progress=progress, desc="gate: candidate")
+    cand_pred = (
+        predict(candidate, data.images, progress=progress, desc="gate: candidate")
+        if candidate_predict is None
+        else candidate_predict(data.images)
+    )
     ref_ok, cand_ok = ref_pred == data.labels, cand_pred == data.labels
     table = paired_table(ref_ok, cand_ok)
     low, high = difference_interval(table, INTERVAL_LEVEL)

@@ -66,7 +66,7 @@ from edge_agent.contract.manifest import (
 )
 from edge_agent.contract.preprocess import PreprocessSpec
 
-Backend = Literal["onnxruntime", "tensorrt"]
+Backend = Literal["onnxruntime", "tensorrt", "openvino"]
 TRT_NOTICE = (
     "no TensorRT on this host: building an ONNX Runtime bundle; a TensorRT plan needs the device "
     "(run build-engine on the Jetson)"
@@ -83,7 +83,7 @@ class BuildRequest:
     checkpoint: Path | None = None
     onnx: Path | None = None
     precision: Precision | None = None
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    backend: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = "auto"
     calib_data: Path | None = None
     calib_size: int = 256
     gate_data: Path | None = None
@@ -99,6 +99,8 @@ class BuildRequest:
     kernels: bool | None = None
     quantizer: Literal["auto", "modelopt", "onnxruntime"] = "auto"
     calibration_method: Literal["entropy", "max"] = "entropy"
+    # what compiles a TensorRT plan: TensorRT's ONNX parser, or torch-tensorrt from the checkpoint
+    plan_builder: Literal["tensorrt", "torch-tensorrt"] = "tensorrt"
     progress: bool = True
 
 
@@ -113,12 +115,25 @@ def resolve_backend(request: BuildRequest, device: DeviceInfo) -> tuple[Backend,
         return "tensorrt", None
     if request.backend == "onnxruntime":
         return "onnxruntime", None
+    if request.backend == "openvino":
+        from build_engine.openvino_build import openvino_host
+
+        openvino_host()  # raises with what to install when it is absent
+        return "openvino", None
     if device.tensorrt_version is not None:
         return "tensorrt", None
+    if device.intel_cpu and device.openvino_version is not None:
+        return "openvino", (
+            f"no TensorRT on this host: building an OpenVINO {device.openvino_version} bundle "
+            "for this Intel CPU; --backend onnxruntime for one that runs on any CPU"
+        )
     return "onnxruntime", TRT_NOTICE
 
 
-def default_precision(backend: Backend) -> Precision:
+def default_precision(backend: Backend) -> Precision | None:
+    """TensorRT: FP16; ONNX Runtime: FP32; OpenVINO: ``None``, the fastest that passes the gate."""
+    if backend == "openvino":
+        return None
     return "fp16" if backend == "tensorrt" else "fp32"
 
 
@@ -130,9 +145,12 @@ def _cc(device: DeviceInfo) -> tuple[int, int] | None:
 
 
 def validate(
-    request: BuildRequest, backend: Backend, precision: Precision, device: DeviceInfo
+    request: BuildRequest, backend: Backend, precision: Precision | None, device: DeviceInfo
 ) -> None:
-    """Every check that needs no model run: raise before anything slow starts."""
+    """Every check that needs no model run: raise before anything slow starts.
+
+    ``precision`` ``None`` (OpenVINO only) lets build-engine choose after gating and timing.
+    """
     if (request.checkpoint is None) == (request.onnx is None):
         raise UsageError("give exactly one of --checkpoint RUN|FILE and --onnx FILE")
     b = request.batch
@@ -161,6 +179,18 @@ def validate(
             "--precision int8 needs --calib-data PATH (labelled images: a labels CSV, a class-"
             "folder tree or the Galaxy10 .h5) for calibration and the accuracy gate"
         )
+    if backend == "openvino" and precision == "fp16":
+        raise UsageError(
+            "--precision fp16 is not built for OpenVINO on a CPU; use fp32, bf16, int8 or leave "
+            "--precision out to get the fastest that passes the gate"
+        )
+    if backend != "openvino" and precision == "bf16":
+        raise UsageError("--precision bf16 is for --backend openvino (Intel CPUs)")
+    if precision == "bf16" and request.gate_data is None and request.calib_data is None:
+        raise UsageError(
+            "--precision bf16 needs held-out labelled images for the accuracy gate: "
+            "--gate-data PATH (or --calib-data PATH)"
+        )
     if request.fallback is not None and precision != "int8":
         raise UsageError("--fallback fp16 only applies to --precision int8")
     if request.workspace_mb < 1:
@@ -181,7 +211,9 @@ def validate(
             raise UsageError(f"{option} {path}: not found")
     if request.checkpoint is not None:
         verify_checkpoint(request.checkpoint)
-    gated = precision == "int8" or (precision == "fp16" and request.gate_data is not None)
+    gated = precision in ("int8", "bf16") or (
+        precision in ("fp16", None) and request.gate_data is not None
+    )
     if gated:
         gate_mod.check_size(planned_gate_images(request), request.gate_min_images)
     check_output_dir(request.out)
@@ -419,8 +451,16 @@ def _fp16(
 
 def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None]) -> Manifest:
     """Build the bundle ``request`` asks for on this ``device``; returns the written manifest."""
+    if request.plan_builder == "torch-tensorrt":  # build_engine/torch_tensorrt_build.py
+        from build_engine.torch_tensorrt_build import build_with_torch_tensorrt
+
+        return build_with_torch_tensorrt(request, device, log)
     backend, notice = resolve_backend(request, device)
-    precision: Precision = request.precision or default_precision(backend)
+    if backend == "openvino":
+        validate(request, backend, request.precision, device)
+        return _build_openvino(request, device, log, notice)
+    precision: Precision | None = request.precision or default_precision(backend)
+    assert precision is not None
     validate(request, backend, precision, device)
     if notice:
         log(notice)
@@ -493,6 +533,77 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
         )
         written = write_bundle(request.out, files, manifest)
     log(f"wrote {backend} {candidate.precision} bundle to {request.out}")
+    return written
+
+
+def _build_openvino(
+    request: BuildRequest, device: DeviceInfo, log: Callable[[str], None], notice: str | None
+) -> Manifest:
+    """An OpenVINO bundle: FP32, BF16 or INT8, each gated through OpenVINO, fastest wins."""
+    from build_engine import openvino_choice as choice
+    from build_engine.openvino_build import openvino_host, write_compiled
+
+    host = openvino_host()
+    if notice:
+        log(notice)
+    wanted = request.precision
+    with tempfile.TemporaryDirectory(prefix="build-engine-") as tmp:
+        scratch = Path(tmp)
+        source = _source(request, scratch, log)
+        calibration = read_calibration_metadata(load_onnx(source.path), str(source.path))
+        spec = source.spec
+        log(f"preprocessing spec from {source.spec_origin}: {_spec_line(spec)}")
+        int8: _Candidate | None = None
+        gate_data: LabelledBatch | None = None
+        if request.calib_data is not None and wanted in (None, "int8"):
+            int8, gate_data = _int8(request, "openvino", source, spec, scratch, log)
+        elif request.calib_data is not None and wanted == "bf16":
+            gate_data = load_gate_only(request.calib_data, request.gate_size, spec)
+        if request.gate_data is not None and gate_data is None:
+            gate_data = load_gate_only(request.gate_data, request.gate_size, spec)
+        found = choice.candidates(
+            wanted, source.path, int8.path if int8 else None, gate_data, host, log
+        )
+        choice.gate_and_time(
+            found,
+            source.path,
+            gate_data,
+            choice.GateSettings(request.gate_threshold, request.gate_min_images, request.progress),
+            input_size=spec.input_size,
+            opt=request.batch.opt,
+            log=log,
+        )
+        best = choice.choose(found, log)
+        quantization = (
+            int8.quantization
+            if best.precision == "int8" and int8 is not None
+            else Quantization.model_validate({})
+        )
+        compiled, info = write_compiled(best.onnx, scratch, best.hint, host)
+        shipped = describe_onnx(load_onnx(best.onnx), str(best.onnx))
+        manifest = Manifest(
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            builder=_builder(),
+            model=ModelInfo(
+                name=source.model_name, classes=official_classes(), parameters=source.parameters
+            ),
+            preprocess=spec,
+            backend="openvino",
+            precision=best.precision,
+            model_file=info.compiled_file,
+            input_name=shipped.input_name,
+            output_name=shipped.output_name,
+            batch=request.batch,
+            source_onnx_sha256=sha256_file(source.path),
+            quantization=quantization,
+            accuracy_gate=best.accuracy,
+            openvino=info,
+            training=source.provenance,
+            calibration=calibration,
+        )
+        files = {"model.onnx": best.onnx, info.compiled_file: compiled}
+        written = write_bundle(request.out, files, manifest)
+    log(f"wrote openvino {best.precision} bundle to {request.out}")
     return written
 
 

@@ -28,6 +28,7 @@ class OpenVinoHost:
     version: str | None  # None: openvino does not import here
     cpu_name: str
     isa: list[str]
+    intel: bool = False  # vendor GenuineIntel: where OpenVINO's CPU plugin is at its best
 
     @property
     def has_bf16(self) -> bool:
@@ -49,11 +50,25 @@ def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     return []
 
 
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``vendor_id`` of the first CPU (e.g. ``GenuineIntel``), empty when unknown."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return ""
+
+
 def probe() -> OpenVinoHost:
     """This host, as OpenVINO sees it (imports openvino when it is installed)."""
+    intel = cpu_vendor() == "GenuineIntel"
     try:
         import openvino as ov
     except ImportError:
-        return OpenVinoHost(None, "", cpu_isa())
+        return OpenVinoHost(None, "", cpu_isa(), intel)
     name = str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
-    return OpenVinoHost(ov.__version__, name, cpu_isa())
+    return OpenVinoHost(ov.__version__, name, cpu_isa(), intel)
