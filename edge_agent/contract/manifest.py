@@ -48,10 +48,20 @@ class BatchProfile(_Strict):
 
 
 class Quantization(_Strict):
-    method: Literal["none", "fp16-convert", "qdq-modelopt", "qdq-onnxruntime"] = "none"
+    method: Literal["none", "fp16-convert", "qdq-modelopt", "qdq-onnxruntime", "qdq-qat"] = "none"
     calibration_source: str | None = None
     calibration_images: int | None = Field(None, ge=1)
     excluded_ops: list[str] = Field(default_factory=list)
+    calibration_method: str | None = Field(
+        None, description="how activation ranges were chosen, e.g. entropy, max, minmax, qat"
+    )
+    excluded_nodes: list[str] = Field(
+        default_factory=list,
+        description="layers kept out of INT8 by the per-layer sensitivity pass (most sensitive first)",
+    )
+    sensitivity: str | None = Field(
+        None, description="how excluded_nodes were chosen: mode, images, scores, in one line"
+    )
 
 
 class AccuracyGate(_Strict):
@@ -99,6 +109,12 @@ class TensorRTInfo(_Strict):
     l4t_release: str | None = None
     workspace_bytes: int | None = None
     timing_cache: str | None = None
+    plan_builder: str | None = Field(
+        None,
+        description="what compiled the plan: None or 'tensorrt' for TensorRT's ONNX parser "
+        "(build_engine/tensorrt_build.py), 'torch-tensorrt <version>' for an ExportedProgram "
+        "compiled by torch-tensorrt (build_engine/torch_tensorrt_build.py)",
+    )
 
 
 class OpenVinoInfo(_Strict):
