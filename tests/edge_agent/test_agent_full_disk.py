@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -35,13 +36,13 @@ def _refs(collector: Collector) -> list[str]:
     ]
 
 
-def _wait(pred, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(0.05)
-    return bool(pred())
+    return pred()
 
 
 def test_full_outbox_disk_is_back_pressure_then_everything_is_delivered(

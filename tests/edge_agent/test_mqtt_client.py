@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,7 @@ def ids_on(collector: Collector, topic_: str = CLS) -> set[str]:
     return {json.loads(m.payload)["id"] for m in collector.on(topic_)}
 
 
-def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

@@ -12,7 +12,7 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,13 +69,13 @@ def failure_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(0.02)
-    return bool(pred())
+    return pred()
 
 
 def test_no_broker_is_logged_once_counted_then_delivered(

@@ -6,6 +6,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from small_filesystem import fill, small_filesystem
@@ -225,7 +226,7 @@ class _FailingDeletes:
         self.db = db
         self.failing = True
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if self.failing and sql.lstrip().upper().startswith("DELETE"):
             raise sqlite3.OperationalError("database or disk is full")
         return self.db.execute(sql, *args)
