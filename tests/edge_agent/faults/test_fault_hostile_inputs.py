@@ -122,7 +122,9 @@ def test_hostile_corpus_is_rejected_and_good_frames_classified(
         classified, rejected = seen()
         return good_names <= classified and bad_names <= rejected
 
-    finished = wait_until(complete, 180, every=0.5)
+    # Bounded and generous; a dead agent ends the wait at once.
+    wait_until(lambda: complete() or not agent.alive, 180, every=0.5)
+    finished = complete()
     elapsed = time.monotonic() - t0
     classified, rejected = seen()
     alive = agent.alive
@@ -199,7 +201,12 @@ def test_file_names_that_are_not_utf8_do_not_stop_the_folder(
         return len([r for r in refs if r not in after])
 
     want = 2 * len(hostile_corpus.NON_UTF8_NAMES)
-    answered = wait_until(lambda: answers() >= want and after <= consumer.refs(), 60, every=0.2)
+
+    def all_answered() -> bool:
+        return answers() >= want and after <= consumer.refs()
+
+    wait_until(lambda: all_answered() or not agent.alive, 60, every=0.2)
+    answered = all_answered()
     alive = agent.alive
     assert answered, (answers(), sorted(consumer.refs()), agent.log_tail())
     assert alive and agent.stop() == 0, agent.log_tail()
