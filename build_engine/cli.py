@@ -132,6 +132,34 @@ def parser() -> argparse.ArgumentParser:
         default="entropy",
         help="how ModelOpt picks activation ranges (default entropy)",
     )
+    p.add_argument(
+        "--keep-sensitive",
+        type=int,
+        default=0,
+        metavar="N",
+        help="INT8 mixed precision: measure each layer's INT8 error on calibration-set images "
+        "that are neither calibration nor gate images, keep the N worst in float (default 0; "
+        "docs/int8.md)",
+    )
+    p.add_argument(
+        "--sensitivity-size",
+        type=positive,
+        default=64,
+        help="images for the sensitivity pass of --keep-sensitive (default 64)",
+    )
+    p.add_argument(
+        "--sensitivity-mode",
+        choices=("only", "without"),
+        default="only",
+        help="only: each layer alone in INT8 (default); without: all but that layer",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        metavar="RUN|FP32.onnx",
+        help="for an --onnx that is INT8 already (galaxy-train qat): the FP32 model it came "
+        "from, which the accuracy gate compares it with",
+    )
     p.add_argument("--min-batch", type=positive, default=1, help="TensorRT profile minimum (1)")
     p.add_argument("--opt-batch", type=positive, default=8, help="TensorRT profile optimum (8)")
     p.add_argument("--max-batch", type=positive, default=16, help="largest batch (default 16)")
@@ -243,6 +271,10 @@ def _run(args: argparse.Namespace) -> int:
         kernels=args.kernels,
         quantizer=args.quantizer,
         calibration_method=args.calibration_method,
+        keep_sensitive=args.keep_sensitive,
+        sensitivity_size=args.sensitivity_size,
+        sensitivity_mode=args.sensitivity_mode,
+        reference=args.reference,
         progress=not args.no_progress,
         plan_builder=args.plan_builder,
     )

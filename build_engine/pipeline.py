@@ -101,6 +101,12 @@ class BuildRequest:
     calibration_method: Literal["entropy", "max"] = "entropy"
     # what compiles a TensorRT plan: TensorRT's ONNX parser, or torch-tensorrt from the checkpoint
     plan_builder: Literal["tensorrt", "torch-tensorrt"] = "tensorrt"
+    # INT8 mixed precision (build_engine/sensitivity.py): keep the N most sensitive layers float
+    keep_sensitive: int = 0
+    sensitivity_size: int = 64
+    sensitivity_mode: Literal["only", "without"] = "only"
+    # the FP32 model an INT8-already --onnx (galaxy-train qat) is gated against (prequantized.py)
+    reference: Path | None = None
     progress: bool = True
 
 
@@ -174,7 +180,15 @@ def validate(
             f"--precision {precision}: GPU {device.gpu_name} (compute capability "
             f"{device.compute_capability}) has no fast {precision.upper()}; use --precision fp32"
         )
-    if precision == "int8" and request.calib_data is None:
+    from build_engine.prequantized import check_request
+
+    prequantized = check_request(request.onnx, request.reference, precision)
+    if prequantized and request.calib_data is None and request.gate_data is None:
+        raise UsageError(
+            "an INT8 Q/DQ --onnx needs held-out labelled images for the accuracy gate: "
+            "--gate-data PATH (or --calib-data PATH to split them from)"
+        )
+    if precision == "int8" and request.calib_data is None and not prequantized:
         raise UsageError(
             "--precision int8 needs --calib-data PATH (labelled images: a labels CSV, a class-"
             "folder tree or the Galaxy10 .h5) for calibration and the accuracy gate"
@@ -193,6 +207,8 @@ def validate(
         )
     if request.fallback is not None and precision != "int8":
         raise UsageError("--fallback fp16 only applies to --precision int8")
+    if request.keep_sensitive < 0 or (request.keep_sensitive and precision != "int8"):
+        raise UsageError("--keep-sensitive N takes N >= 0 and applies to --precision int8 only")
     if request.workspace_mb < 1:
         raise UsageError("--workspace-mb must be at least 1")
     if request.gate_min_images < 1:
@@ -386,6 +402,14 @@ def _int8(
     """Calibrate, quantize and gate; the gate's verdict is in the candidate's ``accuracy``."""
     from build_engine.quantize import quantize_int8
 
+    if request.reference is not None:  # INT8 already (galaxy-train qat): taken as it is
+        from build_engine.prequantized import prequantized_candidate
+
+        made, reference, quantized, held_out = prequantized_candidate(
+            request, source.path, spec, scratch, log
+        )
+        gated = _gate(request, reference, made, held_out, "int8", log)
+        return _Candidate(made, "int8", quantized, gated), held_out
     assert request.calib_data is not None
     calib, gate_data = load_calibration_and_gate(
         request.calib_data,
@@ -411,12 +435,37 @@ def _int8(
     )
     if q.note:
         log(q.note)
+    kept: list[str] = []
+    sensitivity = None
+    if request.keep_sensitive > 0:
+        from build_engine.sensitivity import keep_most_sensitive, load_sensitivity
+
+        sensitivity_data = load_sensitivity(
+            request.calib_data,
+            request.sensitivity_size,
+            exclude=set(calib.refs) | set(gate_data.refs),
+            spec=spec,
+        )
+        kept, sensitivity = keep_most_sensitive(
+            source.path,
+            path,
+            request.keep_sensitive,
+            sensitivity_data,
+            mode=request.sensitivity_mode,
+            log=log,
+            progress=request.progress,
+        )
     quantization = Quantization.model_validate(
         {
             "method": q.method,
             "calibration_source": calib.source,
             "calibration_images": q.calibration_images,
             "excluded_ops": list(q.excluded_ops),
+            "calibration_method": request.calibration_method
+            if q.method == "qdq-modelopt"
+            else "minmax",
+            "excluded_nodes": kept,
+            "sensitivity": sensitivity,
         }
     )
     accuracy = _gate(request, source.path, path, gate_data, "int8", log)

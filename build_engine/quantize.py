@@ -48,6 +48,8 @@ CALIBRATION_BATCH = 8
 _EXIT_NO_MODELOPT = 4
 
 Method = Literal["auto", "modelopt", "onnxruntime"]
+# ONNX Runtime's calibrators usable for symmetric INT8 (docs/int8.md compares them on the demo).
+OrtCalibration = Literal["minmax", "entropy", "percentile"]
 MethodName = Literal["qdq-modelopt", "qdq-onnxruntime"]
 
 
@@ -192,7 +194,12 @@ class _BatchReader:
 
 
 def _quantize_onnxruntime(
-    src: Path, dst: Path, calib: np.ndarray, input_name: str, progress: bool = False
+    src: Path,
+    dst: Path,
+    calib: np.ndarray,
+    input_name: str,
+    progress: bool = False,
+    ort_calibration: OrtCalibration = "minmax",
 ) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -217,7 +224,11 @@ def _quantize_onnxruntime(
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[ort_calibration],
             nodes_to_exclude=exclude,
             extra_options={
                 "ActivationSymmetric": True,
@@ -358,6 +369,7 @@ def quantize_int8(
     calibration_method: Literal["entropy", "max"] = "entropy",
     high_precision: Literal["fp32", "fp16"] = "fp32",
     progress: bool = False,
+    ort_calibration: OrtCalibration = "minmax",
 ) -> QuantizeReport:
     """Quantize ``src`` (FP32 ONNX) to ``dst`` (INT8 Q/DQ) with calibration inputs ``calib``.
 
@@ -365,7 +377,8 @@ def quantize_int8(
     typed network runs FP32 ops in FP32, slower than FP16 on a Jetson), ``fp32`` for ONNX
     Runtime on a CPU. LayerNorm, Softmax and the reductions stay FP32 either way, and the I/O
     stays float32. Only ModelOpt can do ``fp16``; with ONNX Runtime's quantizer the rest stays
-    FP32 and the report's note says so.
+    FP32 and the report's note says so. ``calibration_method`` is ModelOpt's,
+    ``ort_calibration`` ONNX Runtime's (its default MinMax equals ModelOpt's ``max``).
     """
     import onnx
 
@@ -391,7 +404,7 @@ def quantize_int8(
                     )
                 chosen, note = "qdq-onnxruntime", f"ModelOpt not used: {problem}"
         if chosen == "qdq-onnxruntime":
-            _quantize_onnxruntime(prepared, raw, calib, input_name, progress)
+            _quantize_onnxruntime(prepared, raw, calib, input_name, progress, ort_calibration)
             if high_precision == "fp16":
                 note = "; ".join(
                     filter(None, [note, "ops outside INT8 stay FP32 (ONNX Runtime's quantizer)"])

@@ -48,7 +48,9 @@ class BatchProfile(_Strict):
 
 
 class Quantization(_Strict):
-    method: Literal["none", "fp16-convert", "qdq-modelopt", "qdq-onnxruntime", "qdq-qat"] = "none"
+    method: Literal[
+        "none", "fp16-convert", "qdq-modelopt", "qdq-onnxruntime", "qdq-qat", "qdq-external"
+    ] = "none"
     calibration_source: str | None = None
     calibration_images: int | None = Field(None, ge=1)
     excluded_ops: list[str] = Field(default_factory=list)
