@@ -117,7 +117,7 @@ def detect(data: np.ndarray, settings: FieldsConfig) -> Detections:
                 "too_many_sources",
                 f"{len(catalog)} sources detected, above fields.max_sources={settings.max_sources}",
             )
-        r50 = half_light_radius(det, catalog)
+        r50 = half_light_radius(det, catalog, segmap)
     return Detections(catalog, r50, segmap, subtracted, background, det, rms, nan_pixels)
 
 
@@ -150,13 +150,22 @@ def nucleus_positions(
     return x, y
 
 
-def half_light_radius(image: np.ndarray, catalog: np.ndarray) -> np.ndarray:
-    """Each source's radius enclosing half its flux within 6 x its semi-major axis (px)."""
+def half_light_radius(
+    image: np.ndarray, catalog: np.ndarray, segmap: np.ndarray | None = None
+) -> np.ndarray:
+    """Each source's radius enclosing half its flux within 6 x its semi-major axis (px).
+
+    With the segmentation map, the pixels of other sources are masked: a neighbour inside the
+    aperture would otherwise inflate the radius, and with it the framing.
+    """
     if len(catalog) == 0:
         return np.zeros(0)
     radius = np.maximum(6.0 * catalog["a"], 3.0)
+    extra = {}
+    if segmap is not None:
+        extra = {"segmap": segmap, "seg_id": np.arange(1, len(catalog) + 1, dtype=np.int32)}
     r50, _flag = sep.flux_radius(
-        image, catalog["x"], catalog["y"], radius, 0.5, normflux=None, subpix=5
+        image, catalog["x"], catalog["y"], radius, 0.5, normflux=None, subpix=5, **extra
     )
     r50 = np.asarray(r50, dtype=float)
     r50[~np.isfinite(r50) | (r50 <= 0)] = 0.0

@@ -101,8 +101,7 @@ def _check_header(
 def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tuple[np.ndarray, Any]:
     """The chosen image HDU's data (as stored, 2-D or 3-D) and header, sizes checked first.
 
-    ``source`` is a file (memory-mapped: only the chosen HDU's pixels are read) or the bytes of
-    one (an MQTT or INDI frame, already bounded by ``decode.max_bytes``).
+    ``source`` is a file (only the chosen HDU's pixels are read) or the bytes of one.
     """
     from astropy.io import fits  # lazy: astropy takes a second to import
 
@@ -123,11 +122,11 @@ def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tupl
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # astropy warns on odd cards; the checks below decide
-            with fits.open(
-                opened, memmap=not isinstance(source, bytes), lazy_load_hdus=True
-            ) as hdus:
+            # No memory map: astropy cannot map scaled (BZERO/BSCALE) data; the sizes are
+            # checked before the data is touched.
+            with fits.open(opened, memmap=False, lazy_load_hdus=True) as hdus:
                 hdu, header = _choose_hdu(hdus, name, size, config)
-                # applies BZERO/BSCALE; copies out of the memory map
+                # applies BZERO/BSCALE
                 data = np.array(hdu.data, dtype=np.float32)
                 header = header.copy()
     except DecodeError:

@@ -2,13 +2,15 @@
 
 Defaults come from measurements, recorded in docs/wide-fields.md:
 
-- ``framing_r50``: on 247 galaxies of the real Galaxy10 sample (every fourth image), the 256-pixel
-  side of the cut-out is a median 19.7 times the central galaxy's half-light radius as this
-  module's detection measures it (10th-90th percentile 10.1-36.4: Galaxy10 frames its galaxies
-  loosely; the isophotal axis and a Petrosian radius spread as much).
+- ``framing_r50``: on the 973 galaxies of the real Galaxy10 sample that this detection finds at
+  the centre of their cut-out (of 998), the 256-pixel side is a median 22.2 times the galaxy's
+  half-light radius (10th-90th percentile 12.1-38.6: Galaxy10 frames its galaxies loosely; the
+  isophotal axis and a Petrosian radius spread as much).
 - ``reference_p99``: the 99th percentile of the survey-weighted intensity of those cut-outs,
-  sky subtracted, recovered by inverting the survey's colour composition: median 0.26
-  (10th-90th percentile 0.12-0.61). The automatic flux scale aims for it.
+  sky subtracted, recovered by inverting the survey's colour composition: median 0.27
+  (10th-90th percentile 0.12-0.64, same 973 galaxies). The automatic flux scale aims for it.
+- ``background_box_px``: 128, not Source Extractor's usual 64: Galaxy10 galaxies span up to
+  ~200 pixels, and a finer mesh takes their outskirts for sky.
 - ``min_snr``: on those frames the noise peaks that pass the size cuts have a signal-to-noise
   ratio of 15 (median) to 65 (90th percentile); the faintest pasted Galaxy10 galaxy has 636.
 - ``star_r50_factor``, ``sharp_r50_factor``, ``min_axis_ratio``: chosen on the synthetic frames
@@ -45,7 +47,7 @@ class FieldsConfig(BaseModel):
         description="sep deblend_cont: higher keeps a spiral's knots in one source",
     )
     background_box_px: int = Field(
-        64, ge=8, le=4096, description="mesh size of the background estimate"
+        128, ge=8, le=4096, description="mesh size of the background estimate"
     )
     max_sources: int = Field(
         20_000, ge=1, le=1_000_000, description="more detections than this: the frame is refused"
@@ -85,7 +87,7 @@ class FieldsConfig(BaseModel):
         None, description="saturation level; default: SATURATE/DATAMAX or the integer type's top"
     )
     framing_r50: float = Field(
-        19.7, gt=1, le=1000, description="cut-out side as a multiple of the half-light radius"
+        22.2, gt=1, le=1000, description="cut-out side as a multiple of the half-light radius"
     )
     min_side_px: int = Field(48, ge=8, le=8192, description="smallest cut-out side (frame px)")
     max_side_px: int = Field(1024, ge=8, le=8192, description="largest cut-out side (frame px)")
@@ -98,7 +100,7 @@ class FieldsConfig(BaseModel):
         description="frame units to nanomaggies; default: the header's zero point, else the galaxies'",
     )
     reference_p99: float = Field(
-        0.26,
+        0.27,
         gt=0,
         description="p99 of a Galaxy10 cut-out's weighted intensity (the automatic flux scale)",
     )
