@@ -76,11 +76,10 @@ def png_idat_length_bomb(seed: int) -> bytes:
     return bytes(data)
 
 
-def png_zlib_bomb() -> bytes:
-    """Within the pixel cap, but its 8 KB of IDAT inflate to 12 MB: the cap must bound the cost."""
-    side = 2000  # 4,000,000 pixels: exactly decode.max_pixels
-    raw = b"".join(b"\x00" + b"\x00" * (side * 3) for _ in range(side))
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+def png_zlib_bomb(width: int = 2000, height: int = 2000) -> bytes:
+    """Some 12 KB of IDAT that inflate to width x height x 3 bytes (12 MB at 2000 x 2000)."""
+    raw = (b"\x00" * (1 + width * 3)) * height
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + png_chunk(b"IHDR", ihdr)
@@ -247,6 +246,7 @@ def bad_files(seed: int = 7) -> list[tuple[str, bytes]]:
             b"\x93NUMPY\x01\x00" + struct.pack("<H", 60000) + b"{",
         ),
         ("png above decode.max_bytes", png_header_bomb(64, 64) + b"\x00" * (MAX_BYTES + 1)),
+        ("png zlib bomb 2001x2000 (over max_pixels)", png_zlib_bomb(2001, 2000)),
         (
             "png of 2000 text chunks, no IDAT",
             b"\x89PNG\r\n\x1a\n"
@@ -342,6 +342,8 @@ def build(staging: Path, outside: Path, seed: int = 7) -> tuple[list[Entry], lis
         name = os.fsencode(text)
         put(name, good_image("png", 100 + i), "good frame, odd name", True)
         put(b"bad " + name, b"\x00not an image" * (i + 1), "bad frame, odd name", False)
+    # Within the cap, so a good frame, but 12 MB inflated from ~12 KB: the cap bounds its cost.
+    put(b"zlib-bomb-2000x2000.png", png_zlib_bomb(), "good: 4 Mpixel PNG of ~12 KB", True)
     for i, fmt in enumerate(("jpeg", "tiff", "npy", "fits")):
         put(
             f"good-{fmt}-named-wrong.png".encode(),

@@ -139,10 +139,9 @@ def test_hostile_corpus_is_rejected_and_good_frames_classified(
         "hostile_inputs",
         {
             "injected": (
-                f"{len(bad)} hostile files ({len(odd_good)} good frames with odd names among "
-                f"them) + {len(mqtt_bad)} hostile frames messages, between "
-                f"{len(good_names) - len(odd_good) - len(mqtt_good)} good files and "
-                f"{len(mqtt_good)} good messages"
+                f"{len(bad)} hostile files and {len(mqtt_bad)} hostile frames messages among "
+                f"{len(good_names) - len(mqtt_good)} good files ({len(odd_good)} with odd names, "
+                f"a wrong extension or 4 Mpixels from 12 KB) and {len(mqtt_good)} good messages"
             ),
             "frames_in": len(good_names) + len(bad_names),
             "good_in": len(good_names),
