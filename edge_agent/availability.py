@@ -44,7 +44,7 @@ class AvailabilityLink:
         self._stopped = False
         self.online = threading.Event()  # set once the broker took an ``online`` from us
         # Rate-limited: the publisher's connection reports the same causes in full.
-        self.connection = ConnectionHealth("mqtt availability link")
+        self.connection = ConnectionHealth("mqtt availability link", meanwhile="not online")
 
     def _on_connect(
         self,

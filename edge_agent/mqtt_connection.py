@@ -191,11 +191,13 @@ class ConnectionHealth:
         self,
         name: str,
         *,
+        meanwhile: str = "results wait in the outbox",
         log_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        self.meanwhile = meanwhile  # what the first log line says happens while it fails
         self.log_every_s = log_every_s
         self._clock = clock
         self._wall = wall
@@ -224,7 +226,7 @@ class ConnectionHealth:
                 self._logged_at, self._logged_cause = now, cause
                 self._logged_count = self.failed_attempts
                 if first:
-                    log.error("%s: %s (retrying; results wait in the outbox)", self.name, cause)
+                    log.error("%s: %s (retrying; %s)", self.name, cause, self.meanwhile)
                 else:
                     log.error(
                         "%s: still not connected after %d attempts in %.0f s (%d since the "

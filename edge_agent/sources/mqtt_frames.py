@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +22,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt_connection import new_client
+from edge_agent.mqtt_connection import (
+    ConnectionHealth,
+    describe_connect_error,
+    describe_refusal,
+    new_client,
+)
 from edge_agent.sources.base import Frame, FrameQueue, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,11 @@ class MqttFrameSource(Source):
         self.client = new_client(config, self.client_id, persistent_session=True,
                                  password=password, manual_ack=True)  # fmt: skip
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
+        # Failed attempts logged with their cause, rate-limited (as the publisher's).
+        self.connection = ConnectionHealth(f"{name}: mqtt", meanwhile="no frames come in")
+        self._where = config.model_copy(update={"host": self.host, "port": self.port})
         self.connected = threading.Event()
         self.received = 0
         self.paused = False
@@ -82,17 +92,16 @@ class MqttFrameSource(Source):
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            log.error(
-                "%s: broker %s:%d refused the connection: %s",
-                self.name,
-                self.host,
-                self.port,
-                reason,
-            )
+            self.connection.failed(describe_refusal(reason, self._where))
             return
+        self.connection.succeeded()
         client.subscribe(self.topic, qos=1)
         self.connected.set()
         log.info("%s: subscribed to %s", self.name, self.topic)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError:`` block: the exception is the cause.
+        self.connection.failed(describe_connect_error(sys.exc_info()[1], self._where))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self.paused:
