@@ -10,6 +10,8 @@ colour (:mod:`edge_agent.fields.colour`) and resized to the model's input with a
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -25,8 +27,8 @@ def cutout_side(r50: float, settings: FieldsConfig) -> int:
 def cut(bands: np.ndarray, x: float, y: float, side: int) -> np.ndarray:
     """bands x side x side centred on pixel position (x, y), zero outside the frame."""
     nb, h, w = bands.shape
-    x0 = round(x - (side - 1) / 2.0)
-    y0 = round(y - (side - 1) / 2.0)
+    x0 = math.floor(x - (side - 1) / 2.0 + 0.5)  # round half up, the same on both sides of 0
+    y0 = math.floor(y - (side - 1) / 2.0 + 0.5)
     out = np.zeros((nb, side, side), dtype=np.float32)
     sx0, sy0 = max(0, x0), max(0, y0)
     sx1, sy1 = min(w, x0 + side), min(h, y0 + side)

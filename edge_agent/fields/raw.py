@@ -128,7 +128,6 @@ def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tupl
                 hdu, header = _choose_hdu(hdus, name, size, config)
                 # applies BZERO/BSCALE
                 data = np.array(hdu.data, dtype=np.float32)
-                header = header.copy()
     except DecodeError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
@@ -150,7 +149,8 @@ def _choose_hdu(hdus: Any, name: str, size: int, config: DecodeConfig) -> tuple[
             offset = int(hdus.fileinfo(index)["datLoc"])
             dims = _check_header(header, name, size, offset, config)
             if dims and getattr(hdu, "is_image", True):
-                return hdu, header
+                # a copy now: astropy drops BZERO/BSCALE from the header once it scales the data
+                return hdu, header.copy()
             if config.fits.hdu is not None:
                 break
         index += 1

@@ -105,12 +105,38 @@ def _approximate(header: Any, shape: tuple[int, int]) -> SkyMapper | None:
     )
 
 
+_NUMERIC_WCS_KEYS = (
+    "CRVAL1",
+    "CRVAL2",
+    "CRPIX1",
+    "CRPIX2",
+    "CDELT1",
+    "CDELT2",
+    "CD1_1",
+    "CD1_2",
+    "CD2_1",
+    "CD2_2",
+    "PC1_1",
+    "PC1_2",
+    "PC2_1",
+    "PC2_2",
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def sky_mapper(header: Any, shape: tuple[int, int]) -> tuple[SkyMapper, str | None]:
     """The best mapping the header allows, and a problem to report (a broken WCS) or None."""
     from astropy.wcs import WCS
 
     problem = None
     if header is not None and "CTYPE1" in header:
+        bad = [k for k in _NUMERIC_WCS_KEYS if k in header and not _is_number(header[k])]
+        if bad:
+            problem = f"the header's WCS has non-numeric {', '.join(bad)}"
+    if header is not None and "CTYPE1" in header and problem is None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
