@@ -11,19 +11,31 @@ recognised (frames merely queued or batched when an operator stops the agent do 
 ``rejected`` is the end state of a file that was rejected but could not be quarantined (left in
 place, not retried until it changes).
 SQLite in WAL mode, one connection shared by the threads behind a lock.
+
+A full disk does not stop the agent here (the outbox, often on the same file system, is where
+back-pressure happens): an end state (``done``, ``rejected``) the disk refuses is kept in memory,
+answered by :meth:`Ledger.entry` and written at the next chance; a ``seen`` mark or a decode
+count it refuses is skipped (its file is still offered at the next start, and the poison count
+misses that decode). Both are logged, at most once a minute.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.outbox import is_disk_full
+
+log = logging.getLogger(__name__)
+_FULL_LOG_EVERY_S = 60.0
+_RETRY_EVERY_S = 1.0
 
 
 class LedgerError(GalaxyEdgeError):
@@ -94,6 +106,65 @@ class Ledger:
                 f"{self.path}: cannot open the ledger ({exc}); check state_dir"
             ) from exc
         self._lock = threading.Lock()
+        self._unwritten: dict[FileKey, str] = {}  # end states the full disk refused
+        self._last_retry = 0.0
+        self._full_logged_at: float | None = None
+        self._full_skipped = 0
+
+    def _write(self, what: str, write: Callable[[], object], end: dict[FileKey, str]) -> None:
+        """Run ``write`` (caller holds the lock); on a full disk keep ``end`` states in memory."""
+        self._retry_unwritten_locked()
+        try:
+            write()
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            self._unwritten.update(end)
+            self._full_skipped += 1
+            now = time.monotonic()
+            if self._full_logged_at is None or now - self._full_logged_at >= _FULL_LOG_EVERY_S:
+                self._full_logged_at = now
+                log.error(
+                    "%s: ledger %s failed (%s; %d writes refused so far); done marks are kept "
+                    "in memory until there is room",
+                    self.path,
+                    what,
+                    exc,
+                    self._full_skipped,
+                )
+
+    def _retry_unwritten_locked(self, force: bool = False) -> None:
+        if not self._unwritten:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_retry < _RETRY_EVERY_S:
+            return
+        self._last_retry = now
+        pending = dict(self._unwritten)
+        try:
+            self._upsert_end_states(pending)
+        except sqlite3.Error:
+            return
+        for key in pending:
+            self._unwritten.pop(key, None)
+        self._full_logged_at = None
+        log.warning("%s: ledger writable again (%d end states written)", self.path, len(pending))
+
+    def _upsert_end_states(self, states: dict[FileKey, str]) -> None:
+        now = time.time()
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO files (done_at, path, size, mtime_ns, state, seen_at) "
+                "VALUES (?1, ?2, ?3, ?4, ?5, ?1) ON CONFLICT (path, size, mtime_ns) "
+                "DO UPDATE SET state=excluded.state, done_at=excluded.done_at",
+                [(now, k.path, k.size, k.mtime_ns, state) for k, state in states.items()],
+            )
+        except sqlite3.Error:
+            if self._db.in_transaction:  # SQLITE_FULL has rolled it back already
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -123,6 +194,8 @@ class Ledger:
     def entry(self, key: FileKey) -> Entry | None:
         """The file's state and interrupted decodes, or ``None`` when it was never seen."""
         with self._lock:
+            if key in self._unwritten:
+                return Entry(self._unwritten[key], 0)
             row = self._db.execute(
                 "SELECT state, interrupted FROM files WHERE path=? AND size=? AND mtime_ns=?",
                 (key.path, key.size, key.mtime_ns),
@@ -137,58 +210,58 @@ class Ledger:
     def begin_decode(self, key: FileKey) -> None:
         """``key`` is about to be read and decoded (committed before the first byte is read)."""
         with self._lock:
-            self._db.execute(
-                "UPDATE files SET interrupted = interrupted + 1 "
-                "WHERE path=? AND size=? AND mtime_ns=? AND state='seen'",
-                (key.path, key.size, key.mtime_ns),
+            self._write(
+                "decode count",
+                lambda: self._db.execute(
+                    "UPDATE files SET interrupted = interrupted + 1 "
+                    "WHERE path=? AND size=? AND mtime_ns=? AND state='seen'",
+                    (key.path, key.size, key.mtime_ns),
+                ),
+                {},
             )
 
     def end_decode(self, key: FileKey) -> None:
         """Decoding ``key`` ended (a frame, or a rejection): the agent survived it."""
         with self._lock:
-            self._db.execute(
-                "UPDATE files SET interrupted = interrupted - 1 "
-                "WHERE path=? AND size=? AND mtime_ns=? AND interrupted > 0",
-                (key.path, key.size, key.mtime_ns),
+            self._write(
+                "decode count",
+                lambda: self._db.execute(
+                    "UPDATE files SET interrupted = interrupted - 1 "
+                    "WHERE path=? AND size=? AND mtime_ns=? AND interrupted > 0",
+                    (key.path, key.size, key.mtime_ns),
+                ),
+                {},
             )
 
     def mark_rejected(self, key: FileKey) -> None:
         """A rejected file that could not be quarantined: not retried until it changes."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO files (done_at, path, size, mtime_ns, state, seen_at) "
-                "VALUES (?1, ?2, ?3, ?4, 'rejected', ?1) ON CONFLICT (path, size, mtime_ns) "
-                "DO UPDATE SET state='rejected', done_at=excluded.done_at",
-                (time.time(), key.path, key.size, key.mtime_ns),
+            self._write(
+                "rejected mark",
+                lambda: self._upsert_end_states({key: "rejected"}),
+                {key: "rejected"},
             )
 
     def mark_seen(self, key: FileKey) -> None:
         """Record a picked-up file (no change when it is already recorded)."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO files (path, size, mtime_ns, state, seen_at) "
-                "VALUES (?, ?, ?, 'seen', ?)",
-                (key.path, key.size, key.mtime_ns, time.time()),
+            self._write(
+                "seen mark",
+                lambda: self._db.execute(
+                    "INSERT OR IGNORE INTO files (path, size, mtime_ns, state, seen_at) "
+                    "VALUES (?, ?, ?, 'seen', ?)",
+                    (key.path, key.size, key.mtime_ns, time.time()),
+                ),
+                {},
             )
 
     def mark_done(self, keys: Iterable[FileKey]) -> None:
         """Mark files done, in one transaction."""
-        rows = [(time.time(), k.path, k.size, k.mtime_ns) for k in keys]
-        if not rows:
+        states = dict.fromkeys(keys, "done")
+        if not states:
             return
         with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO files (done_at, path, size, mtime_ns, state, seen_at) "
-                    "VALUES (?1, ?2, ?3, ?4, 'done', ?1) ON CONFLICT (path, size, mtime_ns) "
-                    "DO UPDATE SET state='done', done_at=excluded.done_at",
-                    rows,
-                )
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._write("done mark", lambda: self._upsert_end_states(states), states)
 
     def pending(self) -> list[FileKey]:
         """Files seen but not done (oldest first): what a crash left half-way."""
@@ -226,4 +299,12 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
+            self._retry_unwritten_locked(force=True)
+            if self._unwritten:  # replayed at the next start: duplicates, with the same ids
+                log.error(
+                    "%s: %d done marks could not be written (disk full); those files are "
+                    "classified again at the next start",
+                    self.path,
+                    len(self._unwritten),
+                )
             self._db.close()

@@ -45,7 +45,9 @@ def _wait(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
     return pred()
 
 
+@pytest.mark.parametrize("layout", ["outbox-alone", "with-ledger"])
 def test_full_outbox_disk_is_back_pressure_then_everything_is_delivered(
+    layout: str,
     tmp_path: Path,
     tiny_bundle: Path,
     persistent_broker: MosquittoBroker,
@@ -66,6 +68,8 @@ def test_full_outbox_disk_is_back_pressure_then_everything_is_delivered(
                 "outbox": {"path": str(fs / "outbox.sqlite3"), "reserve_bytes": 128 * 1024},
             },
         )
+        if layout == "with-ledger":  # the default layout: /var/lib/galaxy-edge holds both
+            cfg_dict["state_dir"] = str(fs / "state")
         cfg = write_config(tmp_path / "agent.yaml", cfg_dict)
         inbox = tmp_path / "inbox"
         collector = Collector(mosquitto, persistent_session=True, client_id="consumer-1")
