@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from http import HTTPStatus
@@ -30,6 +31,7 @@ _STATIC = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
+STATE_CACHE_S = 0.9
 _THUMB = re.compile(r"^/thumbnails/([^/]{1,128})/([^/]{1,128})\.jpg$")
 
 
@@ -47,6 +49,9 @@ class LivePage:
         self._store: Store | None = None
         self._lock = threading.Lock()
         self._extra = extra_state
+        # One database read serves every open page for a second: the totals and the histogram
+        # scan the whole table, which should not happen once per browser per poll.
+        self._cached: tuple[float, bytes] | None = None
         page = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,6 +95,18 @@ class LivePage:
                 self._store = None
                 raise
 
+    def _state_json(self) -> bytes:
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and now - cached[0] < STATE_CACHE_S:
+            return cached[1]
+        state = asdict(self._with_store(lambda s: s.page_state()))
+        if self._extra is not None:
+            state["writer"] = self._extra()
+        body = json.dumps(state, default=str).encode()
+        self._cached = (now, body)
+        return body
+
     def _get(self, req: BaseHTTPRequestHandler) -> None:
         path = req.path.split("?", 1)[0]
         try:
@@ -98,11 +115,7 @@ class LivePage:
                 body = (resources.files("catalogue.web") / "static" / name).read_bytes()
                 _send(req, HTTPStatus.OK, body, ctype)
             elif path == "/api/state":
-                state = asdict(self._with_store(lambda s: s.page_state()))
-                if self._extra is not None:
-                    state["writer"] = self._extra()
-                body = json.dumps(state, default=str).encode()
-                _send(req, HTTPStatus.OK, body, "application/json")
+                _send(req, HTTPStatus.OK, self._state_json(), "application/json")
             elif m := _THUMB.match(path):
                 device, msg_id = unquote(m.group(1)), unquote(m.group(2))
                 jpeg = self._with_store(lambda s: s.thumbnail(device, msg_id))

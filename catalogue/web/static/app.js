@@ -31,7 +31,7 @@ function renderDevices(devices) {
     const model = d.model ? `${d.model.name || "?"} ${d.model.precision || ""} ${d.model.backend || ""}` : "no model";
     card.append(el("div", "meta", model));
     card.append(el("div", "meta",
-      `fps ${fmt(d.fps, 1)} · outbox ${d.outbox_depth ?? "–"} · out ${d.frames_out ?? "–"}`));
+      `${fmt(d.fps, 1)} frames/s · outbox ${d.outbox_depth ?? "–"} · ${d.frames_out ?? "–"} classified`));
     card.append(el("div", "meta", "seen " + (d.last_seen || "never")));
     box.append(card);
   }
