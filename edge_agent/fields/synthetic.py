@@ -154,3 +154,21 @@ def write_fits(
         hdu.scale("int16", bscale=2.0, bzero=20_000.0)
     hdu.writeto(path, overwrite=True)
     return Path(path)
+
+
+def model_galaxy(
+    r_e: float = 12.0, axis_ratio: float = 0.6, angle_deg: float = 30.0, flux: float = 60.0
+) -> np.ndarray:
+    """A smooth exponential-disc galaxy as a survey-style 256 x 256 RGB image (no real data).
+
+    For tests that must run without the Galaxy10 sample; ``flux`` in nanomaggies.
+    """
+    from edge_agent.fields.colour import compose_rgb
+
+    y, x = np.mgrid[0:256, 0:256].astype(np.float64) - 127.5
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    u, v = x * c + y * s, (-x * s + y * c) / axis_ratio
+    disc = np.exp(-1.678 * np.hypot(u, v) / r_e)
+    disc *= flux / disc.sum()
+    bands = np.stack([disc * 0.6, disc, disc * 1.3]).astype(np.float32)  # g, r, z: reddish
+    return compose_rgb(bands, 1.0)
