@@ -20,7 +20,10 @@ from edge_agent.contract.classes import CLASS_NAMES
 from edge_agent.contract.errors import ManifestError, StaleBundleError
 from edge_agent.contract.preprocess import PreprocessSpec
 
-FORMAT_VERSION = 1
+# 2: OpenVINO bundles (backend, ``openvino``, precision bf16), the gate's paired interval and
+#    the model's calibration; a version-1 manifest is a subset and still reads.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
@@ -244,9 +247,10 @@ def read_manifest(bundle_dir: Path) -> Manifest:
             f"{path}: unreadable manifest ({exc}); rebuild with build-engine"
         ) from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ManifestError(
-            f"{path}: manifest format {version!r}, this agent reads {FORMAT_VERSION}; "
+            f"{path}: manifest format {version!r}, this agent reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; "
             "rebuild the bundle with this version's build-engine"
         )
     try:

@@ -80,6 +80,15 @@ def test_unknown_key_and_version_are_refused(bundle: Path) -> None:
         read_manifest(bundle)
 
 
+def test_a_version_1_manifest_still_reads_and_new_ones_are_version_2(bundle: Path) -> None:
+    """Version 2 only added optional sections (OpenVINO, the gate's interval, calibration)."""
+    raw = json.loads((bundle / MANIFEST_NAME).read_text())
+    assert raw["format_version"] == 2
+    raw["format_version"] = 1
+    (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+    assert read_manifest(bundle).format_version == 1
+
+
 def test_reordered_class_list_is_refused(bundle: Path) -> None:
     raw = json.loads((bundle / MANIFEST_NAME).read_text())
     raw["model"]["classes"] = sorted(raw["model"]["classes"], key=lambda c: c["name"])
