@@ -204,6 +204,8 @@ class CatalogueWriter:
         self._subscribed.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._stop.is_set():
+            return  # stopping: left unacknowledged, the broker sends it again next session
         self._queue.put(
             _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation)
         )
@@ -239,6 +241,10 @@ class CatalogueWriter:
             except RejectedMessage as exc:
                 log.warning("stored aside %s: %s", m.topic, exc.reason)
                 rejected.append(Rejected(m.topic, m.payload, exc.reason))
+            except Exception as exc:  # a defect of this parser: the message is kept, not lost
+                log.exception("stored aside %s: the parser failed", m.topic)
+                reason = f"the parser failed ({type(exc).__name__}: {exc}); please report it"
+                rejected.append(Rejected(m.topic, m.payload, reason[:500]))
         return records, rejected, topics
 
     def _write(self, batch: list[_Incoming]) -> None:

@@ -201,3 +201,29 @@ def test_a_row_postgres_refuses_is_set_aside_and_the_rest_stored(
             store.close()
     finally:
         w.stop()
+
+
+def test_a_parser_defect_stores_the_message_aside(
+    mosquitto: MosquittoBroker,
+    publisher: Publisher,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import catalogue.writer as writer_module
+
+    def broken(topic: str, payload: bytes, prefix: str) -> object:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(writer_module, "parse_message", broken)
+    db = tmp_path / "cat.sqlite3"
+    w = started(settings(mosquitto, db))
+    try:
+        publisher.publish(f"{P}/dev-1/classifications", to_bytes(classification("dev-1", 1)))
+        assert wait_until(lambda: count(db, "rejected") == 1)
+        store = open_store(f"sqlite:///{db}")
+        try:
+            assert "the parser failed (KeyError" in store.rejected()[0]["reason"]
+        finally:
+            store.close()
+    finally:
+        w.stop()
