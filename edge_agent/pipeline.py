@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from edge_agent.contract.decode import DecodeError, decode_bytes
 from edge_agent.contract.decode_config import ALL_FORMATS
 from edge_agent.contract.errors import PreprocessError
 from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
+from edge_agent.fields.stage import run_field, share_done
 from edge_agent.outbox import Outbox, PendingMessage
 from edge_agent.outbox_writer import OutboxWriter
 from edge_agent.quarantine import Quarantine, QuarantineError
@@ -56,6 +57,7 @@ class Prepared:
     decode_s: float
     preprocess_s: float
     ready_mono: float = field(default_factory=time.perf_counter)
+    cutout: dict[str, Any] | None = None  # a wide field's galaxy: its place (payload "cutout")
 
 
 def resolve_preprocess_device(backend: Backend, setting: str) -> PreprocessDevice:
@@ -137,6 +139,8 @@ class Pipeline:
         self.topic_errors = payloads.topic(prefix, device, "errors")
         self.qos = config.mqtt.qos
         self.thumbnails = config.mqtt.thumbnails
+        self.field_sources = {s.display_name for s in config.sources if s.mode == "fields"}
+        self.topic_summaries = payloads.topic(prefix, device, "summaries")
 
     def swap(self, config: AgentConfig, backend: Backend) -> Backend:
         """Use a new config and backend from the next batch on; returns the old backend.
@@ -237,15 +241,16 @@ class Pipeline:
             try:
                 self.stats.frame_in()
                 prepared = self.prepare(frame)
-                if prepared is not None:
-                    while not self.batcher.put(prepared, timeout=0.5):
+                items = prepared if isinstance(prepared, list) else [prepared] if prepared else []
+                for item in items:  # a wide field gives one per galaxy
+                    while not self.batcher.put(item, timeout=0.5):
                         if self._stop_infer.is_set():
                             return
             finally:
                 self.hub.release()
                 self.batcher.poke()  # a batch waiting for this frame need not wait any more
 
-    def prepare(self, frame: Frame) -> Prepared | None:
+    def prepare(self, frame: Frame) -> Prepared | list[Prepared] | None:
         """Decode and preprocess one frame; a bad one is rejected here (``None``).
 
         Whatever decoding or preprocessing raises rejects this frame only: the pipeline goes on.
@@ -267,7 +272,9 @@ class Pipeline:
         finally:
             frame.decoded()
 
-    def _decode(self, frame: Frame) -> Prepared | None:
+    def _decode(self, frame: Frame) -> Prepared | list[Prepared] | None:
+        if frame.source in self.field_sources:
+            return self._prepare_field(frame)
         t0 = time.perf_counter()
         dcfg = self.config.decode
         formats = frame.formats or ALL_FORMATS
@@ -308,6 +315,57 @@ class Pipeline:
             self.reject(frame, DECODE_FAILED, f"{type(exc).__name__}: {exc}")
             return None
         return Prepared(frame, image, tensor, None if self.gpu_pre else spec, t1 - t0, t2 - t1)
+
+    def _prepare_field(self, frame: Frame) -> list[Prepared] | None:
+        """A wide field (``sources[].mode: fields``): its ``frame_summary`` and problems go to
+        the outbox now, each galaxy's cut-out to the batches; the frame is done when the last
+        cut-out's result is stored (:func:`edge_agent.fields.stage.share_done`)."""
+        t0 = time.perf_counter()
+        try:
+            data = frame.path if frame.path is not None else frame.data
+            if data is None:
+                raise DecodeError("unsupported", "a wide field is a FITS file, not a camera image")
+            run = run_field(
+                data,
+                decode=self.config.decode,
+                fields=self.config.fields,
+                input_size=self.spec.input_size,
+                device_id=self.device_id,
+                source_name=frame.source,
+                frame_ref=frame.frame_ref,
+                received=frame.received,
+            )
+        except NotRegularFileError as exc:
+            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
+            return None
+        except DecodeError as exc:
+            self.reject(frame, exc.reason, str(exc))
+            return None
+        except OSError as exc:  # vanished or unreadable: nothing to quarantine
+            log.warning("%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc)
+            self.stats.error()
+            frame.done()
+            return None
+        except Exception as exc:  # no input may stop the pipeline
+            self._log_unexpected(frame, exc)
+            self.reject(frame, DECODE_FAILED, f"{type(exc).__name__}: {exc}")
+            return None
+        messages = [
+            PendingMessage(topic, payloads.to_bytes(body), self.qos, body["id"])
+            for topic, body in [(self.topic_summaries, run.summary)]
+            + [(self.topic_errors, e) for e in run.errors]
+        ]
+        if not self.outbox_writer.put_many(messages, self._stop_prepare):
+            return None  # stopped while the disk was full: not done, so retried at the next start
+        self.on_stored()
+        if not run.cutouts:
+            frame.done()
+            return None
+        read_s = time.perf_counter() - t0
+        return [
+            Prepared(f, c.image, None, None, read_s, 0.0, cutout=c.position())
+            for f, c in zip(share_done(frame, len(run.cutouts)), run.cutouts, strict=True)
+        ]
 
     def _log_unexpected(self, frame: Frame, exc: Exception) -> None:
         """The traceback once per kind of failure (type and raising line), one line after that."""
@@ -490,6 +548,7 @@ class Pipeline:
                 model=self.model_ref,
                 latency_ms=lat,
                 metadata=f.metadata,
+                cutout=p.cutout,
             )
             messages.append(
                 PendingMessage(self.topic_results, payloads.to_bytes(body), self.qos, body["id"])
