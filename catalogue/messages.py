@@ -23,8 +23,9 @@ from edge_agent.contract.classes import CLASS_NAMES, NUM_CLASSES
 # by class name; 2: probabilities as a list in class-id order. Anything else is stored aside.
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 # Topic kinds with a JSON body that the catalogue stores in its own tables; further kinds
-# (e.g. per-frame summaries of wide fields) go into the generic ``messages`` table.
+# go into the generic ``messages`` table, whole (e.g. ``summaries``: one per wide field).
 JSON_KINDS = ("classifications", "errors", "status", "stats")
+SUMMARY_KIND = "summaries"
 PLAIN_KINDS = ("available",)  # plain text "online" / "offline" (the Frigate convention)
 BINARY_KINDS = ("thumbnails",)  # <prefix>/<device>/thumbnails/<classification id>: JPEG bytes
 MAX_ID_LEN = 128
@@ -33,6 +34,7 @@ _EXPECTED_TYPE = {
     "errors": "error",
     "status": "status",
     "stats": "stats",
+    "summaries": "frame_summary",
 }
 
 

@@ -38,8 +38,8 @@ from catalogue.config import WriterSettings
 from catalogue.errors import CatalogueError, RejectedMessage
 from catalogue.messages import (
     BINARY_KINDS,
-    JSON_KINDS,
     PLAIN_KINDS,
+    SUMMARY_KIND,
     Record,
     Thumbnail,
     parse_message,
@@ -48,7 +48,7 @@ from catalogue.store import Rejected, Store, WriteCounts, open_store
 
 log = logging.getLogger(__name__)
 
-SHARED_KINDS = ("classifications", "errors")
+SHARED_KINDS = ("classifications", "errors", SUMMARY_KIND)
 LAST_VALUE_KINDS = ("status", "stats", *PLAIN_KINDS)
 _RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -113,7 +113,6 @@ class CatalogueWriter:
         self._store: Store | None = None
         self._client = self._make_client()
         self.prefix = settings.broker.topic_prefix.strip("/")
-        self.known_kinds = {*JSON_KINDS, *PLAIN_KINDS, *BINARY_KINDS, *settings.broker.extra_kinds}
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

@@ -140,3 +140,17 @@ def test_a_wide_field_cut_out_position_as_the_fields_module_writes_it() -> None:
         f"{P}/d/classifications", to_bytes(classification("d", 1, cutout=no_wcs)), P
     )
     assert isinstance(rec, Classification) and rec.ra is None and rec.x == 812.25
+
+
+def test_a_wide_field_summary_is_checked_and_kept_whole() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "mqtt.md").read_text()
+    section = doc.split("<!-- schema: frame_summary -->", 1)[1]
+    example = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))  # type: ignore[union-attr]
+    topic = f"{P}/{example['device_id']}/summaries"
+    rec = parse_message(topic, to_bytes(example), P)
+    assert isinstance(rec, OtherMessage) and rec.kind == "summaries" and rec.id == example["id"]
+    with pytest.raises(RejectedMessage, match="schema: galaxies_kept"):
+        parse_message(topic, to_bytes({**example, "galaxies_kept": -1}), P)
