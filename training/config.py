@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
 from training.errors import UsageError
+from training.recipe_config import DistillConfig, RegulariseConfig, SurveyAugmentConfig
 
 CONFIG_NAME = "config.json"
 
@@ -90,6 +91,16 @@ class TrainConfig(_Strict):
     check_conflicts: bool = True
     progress: bool = True
     augment: AugmentConfig = Field(default=AugmentConfig())
+    survey: SurveyAugmentConfig = Field(
+        default=SurveyAugmentConfig(),
+        description="survey variation (flux, contrast, colour, seeing, sky, noise); off by default",
+    )
+    regularise: RegulariseConfig = Field(
+        default=RegulariseConfig(), description="EMA of the weights, mixup/cutmix; off by default"
+    )
+    distill: DistillConfig = Field(
+        default=DistillConfig(), description="distillation from teacher runs; off by default"
+    )
     preprocess: PreprocessSpec | None = Field(
         None, description="the eval transform; resolved from image_size when absent"
     )
