@@ -311,12 +311,12 @@ ODD_NAMES: list[str] = [
     "semi;colon$(touch x)`y`.png",
     "back\\slash.png",
     "glob*?[a].png",
-    "L" * 245 + ".png",  # 249 bytes, near NAME_MAX
-    "长" * 80 + ".png",  # 244 bytes of UTF-8
     "percent%s%n%x.png",
 ]
 # Linux file names are bytes: these are not UTF-8 (Python shows them with surrogate escapes).
 NON_UTF8_NAMES: list[bytes] = [b"latin1-\xe9t\xe9.png", b"bytes-\xff\xfe.png", b"\xc3(.png"]
+# Near NAME_MAX (255 bytes): whatever the agent derives from such a name must still fit.
+LONG_NAMES: list[bytes] = [("L" * 245 + ".png").encode(), ("长" * 80 + ".png").encode()]
 
 
 def build(staging: Path, outside: Path, seed: int = 7) -> tuple[list[Entry], list[Entry]]:
