@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_agent.agent import load_backend
-from edge_agent.config import AgentConfig, ConfigError, MqttConfig, load_config
+from edge_agent.config import AgentConfig, ConfigError, MqttConfig, OutboxConfig, load_config
 from edge_agent.contract import exit_codes
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.mqtt_connection import describe_connect_error, describe_refusal, new_client
@@ -72,6 +72,29 @@ def probe_broker(config: MqttConfig, timeout_s: float = 5.0) -> str | None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _outbox_room(outbox: OutboxConfig) -> str | None:
+    """Whether the outbox's file system has room for its reserve and as much again: below
+    that, the agent starts with a full outbox (back-pressure: no frames taken in)."""
+    folder = outbox.path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    reserve = Path(f"{outbox.path}.reserve")
+    held = reserve.stat().st_size if reserve.is_file() else 0
+    free = st.f_bavail * st.f_frsize + held
+    need = max(2 * outbox.reserve_bytes, 1024 * 1024)
+    if free >= need:
+        return None
+    return (
+        f"mqtt.outbox.path: only {free / 2**20:.1f} MiB free on the file system of {folder} "
+        f"(the outbox needs {need / 2**20:.1f} MiB: twice mqtt.outbox.reserve_bytes); the agent "
+        "would start with its outbox full and take no frames in; free space there"
+    )
 
 
 def _writable(path: Path, what: str) -> str | None:
@@ -137,6 +160,9 @@ def check_report(config_path: Path, *, broker: bool = True) -> CheckReport:
         if problem:
             problems.append(problem)
     report.config = bool(problems)
+    room = _outbox_room(config.mqtt.outbox)
+    if room:
+        problems.append(room)
     try:
         _, backend = load_backend(config)
         backend.close()

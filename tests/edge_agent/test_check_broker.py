@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from agent_testkit import agent_config, write_config
 from mqtt_broker import MosquittoBroker, free_port, require_mosquitto
+from small_filesystem import fill, small_filesystem
 from tls_pki import issue, make_ca, require_openssl
 
 from edge_agent.cli import main
@@ -85,3 +86,22 @@ def test_wrong_ca_and_wrong_password(
         assert (code, err) == (0, [])
     finally:
         broker.close()
+
+
+def test_outbox_file_system_without_room(
+    tmp_path: Path,
+    tiny_bundle: Path,
+    mosquitto: MosquittoBroker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with small_filesystem(tmp_path / "fs", 2 * 1024 * 1024) as fs:
+        raw = agent_config(tmp_path, tiny_bundle, mosquitto)
+        raw["mqtt"]["outbox"] = {"path": str(fs / "outbox.sqlite3"), "reserve_bytes": 256 * 1024}
+        cfg = write_config(tmp_path / "a.yaml", raw)
+        assert main(["check", str(cfg)]) == 0  # room for the reserve and as much again
+        capsys.readouterr()
+        fill(fs, leave_bytes=300 * 1024)
+        assert main(["check", str(cfg)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("edge-agent: mqtt.outbox.path: only 0.")
+        assert "take no frames in" in err[0]
