@@ -160,11 +160,17 @@ def test_a_classification_appears_in_chromium_without_a_reload(
                 "document.querySelector('.card.classification img').naturalWidth"
             )
             assert width == 128  # the agent's thumbnail, not the frame
+            bad = tmp_path / "agent" / "inbox" / ".broken.png.part"  # a truncated PNG
+            bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+            os.replace(bad, bad.with_name("broken.png"))
+            error = "[...document.querySelectorAll('.errors .error')].map(e => e.innerText).join()"
+            assert "broken.png" in (browser.wait_for(error, 30) or ""), browser.evaluate(error)
             shot = os.environ.get("CATALOGUE_SCREENSHOT")
             if shot:  # docs/img/live-view.png is made this way (docs/catalogue.md)
                 browser.screenshot(Path(shot))
         state = _state(page_url)
         assert state["totals"]["classifications"] == len(frames)
+        assert state["totals"]["errors"] == 1
         assert {c["frame_ref"].split("@")[0].rsplit("/", 1)[-1] for c in state["latest"]} == {
             f.name for f in frames
         }
