@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,12 +63,12 @@ def _quantize(method: str, src: Path, dst: Path, calib: np.ndarray) -> str:
     return f"{report.qdq_pairs} quantizers"
 
 
-def _row(name: str, gate: object, seconds: float, extra: str = "") -> dict[str, object]:
+def _row(name: str, gate: object, seconds: float, extra: str = "") -> dict[str, Any]:
     g = gate.model_dump()  # type: ignore[attr-defined]
     return {"candidate": name, "seconds": round(seconds, 1), "note": extra, **g}
 
 
-def _table(rows: list[dict[str, object]]) -> str:
+def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| candidate | top-1 | FP32 top-1 | delta (points) | agreement | 90% interval (points) "
         "| discordant (ref only / cand only) | gate (1.0 pt) |",
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"calibration {len(calib)} train images, gate {len(gate_set)} held-out", file=sys.stderr)
     results_path = args.work / "results.json"
-    results: dict[str, dict[str, object]] = (
+    results: dict[str, dict[str, Any]] = (
         json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
     )
 

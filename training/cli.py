@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"galaxy-train {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,calibrate}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,evaluate,calibrate,qat}"
+    )
 
     t = sub.add_parser(
         "train",
@@ -159,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.calibrate_cli import add_parser as add_calibrate
 
     add_calibrate(sub, epilog)
+    from training.qat import add_parser as add_qat
+
+    add_qat(sub, epilog)
     return parser
 
 
@@ -272,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.calibrate_cli import run as run_calibrate
 
             return run_calibrate(args)
+        if args.command == "qat":
+            from training.qat import run as run_qat
+
+            return run_qat(args)
         return run_evaluate(args)
     except GalaxyEdgeError as exc:
         print(f"galaxy-train: error: {exc}", file=sys.stderr)

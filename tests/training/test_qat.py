@@ -1,0 +1,185 @@
+"""Quantization-aware fine-tuning (training/qat.py) and build-engine taking its ONNX as it is.
+
+A tiny run (timm's test network, 32 x 32 generated images) gets a few QAT steps; the exported
+file must have symmetric Q/DQ that build-engine's own check accepts, the run's spec in its
+metadata, the same outputs as the fake-quantized torch model, and must be gated against the
+FP32 run it came from, never against itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from training_testkit import tiny_config_values
+
+pytest.importorskip("modelopt.torch.quantization")
+
+from build_engine.device import DeviceInfo
+from build_engine.errors import UsageError
+from build_engine.export import read_metadata
+from build_engine.pipeline import BuildRequest, build
+from build_engine.quantize import check_qdq
+from edge_agent.contract.manifest import load_bundle
+from training import cli
+from training.checkpoint import read_checkpoint_config
+from training.config import make_config
+from training.qat import ONNX_NAME, REPORT_NAME, QatOptions, run_qat
+from training.train import train
+
+
+@pytest.fixture
+def cpu_device() -> DeviceInfo:
+    return DeviceInfo(
+        tensorrt_version=None, gpu_name=None, compute_capability=None, l4t_release=None,
+        dla_cores=0, cuda_version=None, nvcc=None,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(easy_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("qat-src") / "run"
+    train(make_config(tiny_config_values(easy_folder, out, epochs=1)), echo=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qat_dir(tiny_run: Path, easy_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("qat") / "qat"
+    options = QatOptions(
+        checkpoint=tiny_run,
+        data=easy_folder,
+        out=out,
+        epochs=1,
+        max_steps=3,
+        batch_size=8,
+        calib_images=16,
+        device="cpu",
+        progress=False,
+    )
+    run_qat(options, echo=lambda _: None)
+    return out
+
+
+def test_qat_writes_a_symmetric_qdq_onnx_with_the_runs_spec(qat_dir: Path, tiny_run: Path) -> None:
+    path = qat_dir / ONNX_NAME
+    model = onnx.load(str(path))
+    assert check_qdq(model) > 10  # zero points 0, LayerNorm/Softmax/Add not reading INT8
+    meta = read_metadata(model, str(path))
+    config = read_checkpoint_config(tiny_run / "best.safetensors")
+    assert meta.spec == config.spec and meta.model_name == config.model
+    report = json.loads((qat_dir / REPORT_NAME).read_text())
+    assert report["steps"] == 3 and len(report["losses"]) == 1
+    assert report["fake_quant_vs_onnx_max_abs_diff"] < 1e-3
+    # only training images were used: the run's split says how many there are
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert report["train_images"] == len(split["train"])
+
+
+def test_build_engine_gates_the_qat_file_against_its_fp32_run(
+    qat_dir: Path, tiny_run: Path, easy_folder: Path, tmp_path: Path, cpu_device
+) -> None:
+    request = BuildRequest(
+        out=tmp_path / "bundle",
+        onnx=qat_dir / ONNX_NAME,
+        precision="int8",
+        backend="onnxruntime",
+        gate_data=easy_folder,
+        gate_size=30,
+        gate_min_images=1,
+        gate_threshold=100.0,
+        reference=tiny_run,
+        progress=False,
+    )
+    lines: list[str] = []
+    manifest = build(request, cpu_device, lines.append)
+    assert manifest.precision == "int8"
+    assert manifest.quantization.method == "qdq-qat"
+    assert manifest.quantization.calibration_method == "qat"
+    gate = manifest.accuracy_gate
+    assert gate is not None and gate.images == 30
+    # taken as it is: the shipped file is the QAT file
+    assert manifest.files["model.onnx"] == manifest.source_onnx_sha256
+    assert any("taken as it is" in line for line in lines)
+    load_bundle(tmp_path / "bundle")
+
+
+def _cpu(tmp_path: Path, **kw: object) -> BuildRequest:
+    return BuildRequest(out=tmp_path / "b", backend="onnxruntime", progress=False, **kw)  # type: ignore[arg-type]
+
+
+def test_a_qdq_onnx_is_never_gated_against_itself(
+    qat_dir: Path, easy_folder: Path, tmp_path: Path, cpu_device
+) -> None:
+    onnx_path = qat_dir / ONNX_NAME
+    with pytest.raises(UsageError, match="--reference"):
+        build(_cpu(tmp_path, onnx=onnx_path, precision="int8", gate_data=easy_folder),
+              cpu_device, lambda _: None)  # fmt: skip
+    with pytest.raises(UsageError, match="--precision int8"):
+        build(_cpu(tmp_path, onnx=onnx_path), cpu_device, lambda _: None)
+
+
+def test_reference_must_be_the_run_qat_started_from(
+    qat_dir: Path, easy_folder: Path, tmp_path: Path, cpu_device
+) -> None:
+    other = tmp_path / "other.onnx"
+    model = onnx.load(str(qat_dir / ONNX_NAME))
+    for prop in model.metadata_props:
+        if prop.key == "galaxy_edge.qat":
+            record = json.loads(prop.value)
+            record["source_checkpoint_sha256"] = "0" * 64
+            prop.value = json.dumps(record)
+    onnx.save(model, str(other))
+    run = Path(json.loads((qat_dir / REPORT_NAME).read_text())["source_checkpoint"])
+    request = _cpu(
+        tmp_path, onnx=other, precision="int8", gate_data=easy_folder, gate_min_images=1,
+        reference=run,
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="not the run"):
+        build(request, cpu_device, lambda _: None)
+
+
+def test_reference_is_refused_for_an_fp32_onnx(tiny_run: Path, tmp_path: Path, cpu_device) -> None:
+    from build_engine.export import export_checkpoint
+
+    fp32 = tmp_path / "fp32.onnx"
+    export_checkpoint(tiny_run, fp32)
+    with pytest.raises(UsageError, match="drop it"):
+        build(_cpu(tmp_path, onnx=fp32, reference=tiny_run), cpu_device, lambda _: None)
+
+
+def test_qat_cli_refuses_bad_options_before_work(tiny_run: Path, tmp_path: Path) -> None:
+    assert cli.main(["qat", "--checkpoint", str(tiny_run), "--data", str(tmp_path / "nope"),
+                     "--out", str(tmp_path / "q")]) == 2  # fmt: skip
+    assert cli.main(["qat", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path),
+                     "--out", str(tmp_path / "q")]) == 2  # fmt: skip
+    assert not (tmp_path / "q").exists()
+
+
+def test_fold_constant_casts_makes_zero_points_constants() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.qat import fold_constant_casts
+
+    zero = helper.make_node(
+        "Constant", [], ["z32"], value=numpy_helper.from_array(np.array(0.0, np.float32))
+    )
+    cast = helper.make_node("Cast", ["z32"], ["z8"], to=TensorProto.INT8)
+    scale = helper.make_node(
+        "Constant", [], ["s"], value=numpy_helper.from_array(np.array(0.1, np.float32))
+    )
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z8"], ["q"])
+    dq = helper.make_node("DequantizeLinear", ["q", "s", "z8"], ["y"])
+    graph = helper.make_graph(
+        [zero, cast, scale, q, dq],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert fold_constant_casts(model) == 1
+    assert check_qdq(model) == 1
+    onnx.checker.check_model(model)

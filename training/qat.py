@@ -1,0 +1,417 @@
+"""Quantization-aware fine-tuning (QAT) with NVIDIA ModelOpt, exported as an INT8 Q/DQ ONNX file.
+
+``galaxy-train qat --checkpoint RUN --data DATA --out RUN2`` starts from a trained run's weights:
+
+1. ModelOpt's PyTorch quantization (``modelopt.torch.quantization``, config ``INT8_DEFAULT_CFG``:
+   symmetric INT8, weights per output channel, activations per tensor, ``max`` calibration)
+   inserts fake-quant on the inputs and weights of every Conv and Linear and calibrates their
+   ranges on images of the run's TRAINING split;
+2. the fake-quantized model is fine-tuned for a few epochs on the training split, at a small
+   learning rate, with the run's own augmentation and label smoothing, so the weights adapt to
+   INT8 rounding (the straight-through estimator carries the gradient through it);
+3. it is exported to ONNX (opset 17, dynamic batch) with explicit symmetric QuantizeLinear /
+   DequantizeLinear pairs, zero points 0, and the run's preprocessing spec in its metadata.
+
+The validation and test splits are never used: there is no model selection here (a fixed number
+of epochs), so both stay held out for the accuracy gate. ``build-engine --onnx RUN2/model_qat.onnx
+--precision int8 --reference RUN`` takes the file as it is (no re-quantization) and gates it
+against the FP32 model it started from, like any INT8 candidate.
+
+LayerNorm, Softmax and residual additions get no quantizer: ModelOpt quantizes module inputs and
+weights of Conv and Linear layers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.contract import exit_codes
+from training.errors import TrainingError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+ONNX_NAME = "model_qat.onnx"
+REPORT_NAME = "qat.json"
+# The ONNX metadata keys build_engine.export reads (build_engine may import training, not the
+# reverse; tests/training/test_qat.py proves build-engine reads what is written here).
+META_MODEL_NAME = "galaxy_edge.model_name"
+META_PROVENANCE = "galaxy_edge.training_provenance"
+META_PARAMETERS = "galaxy_edge.parameters"
+META_PREPROCESS = "galaxy_edge.preprocess"
+META_QAT = "galaxy_edge.qat"
+OPSET = 17
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class QatOptions:
+    """What ``galaxy-train qat`` was asked to do."""
+
+    checkpoint: Path
+    data: Path
+    out: Path
+    epochs: int = 2
+    lr: float = 1e-5
+    batch_size: int = 16
+    calib_images: int = 256
+    max_steps: int | None = None  # per run, for smoke tests and short CPU runs
+    limit: int | None = None  # training images, spread evenly (smoke runs)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class QatReport:
+    """What the run did, written to ``qat.json`` beside the ONNX file."""
+
+    source_checkpoint: str
+    source_checkpoint_sha256: str
+    onnx: str
+    quantizers: int
+    qdq_pairs: int
+    calibration_images: int
+    train_images: int
+    epochs: int
+    steps: int
+    lr: float
+    batch_size: int
+    losses: list[float]
+    train_accuracy: list[float]
+    seconds: float
+    fake_quant_vs_onnx_max_abs_diff: float
+
+
+def _import_modelopt() -> Any:
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(
+            f"galaxy-train qat needs NVIDIA ModelOpt ({first}); install the project's [int8] "
+            "extra: pip install -e '.[train,int8]'"
+        ) from exc
+    return mtq
+
+
+def _check_options(opts: QatOptions) -> None:
+    if not Path(opts.data).exists():
+        raise UsageError(f"{opts.data}: does not exist; --data takes the run's labelled data")
+    if opts.epochs < 1 or opts.batch_size < 1 or opts.calib_images < 1:
+        raise UsageError("--epochs, --batch-size and --calib-images must be at least 1")
+    if not opts.lr > 0:
+        raise UsageError(f"--lr {opts.lr}: must be positive")
+    if opts.max_steps is not None and opts.max_steps < 1:
+        raise UsageError("--max-steps must be at least 1")
+    out = Path(opts.out)
+    if (out / ONNX_NAME).exists():
+        raise UsageError(f"{out / ONNX_NAME}: already exists; choose another --out")
+    if out.resolve() == Path(opts.checkpoint).resolve():
+        raise UsageError("--out must not be the source run directory")
+
+
+def fold_constant_casts(model: Any) -> int:
+    """Replace ``Cast(Constant)`` by one Constant: ModelOpt writes zero points that way.
+
+    build-engine's Q/DQ check (and TensorRT) want zero points that are plain constants.
+    Returns how many casts were folded.
+    """
+    from onnx import helper, numpy_helper
+
+    consts = {
+        node.output[0]: node
+        for node in model.graph.node
+        if node.op_type == "Constant" and any(a.name == "value" for a in node.attribute)
+    }
+    folded = 0
+    for k, node in enumerate(list(model.graph.node)):
+        if node.op_type != "Cast" or node.input[0] not in consts:
+            continue
+        to = next(a.i for a in node.attribute if a.name == "to")
+        value = numpy_helper.to_array(
+            next(a.t for a in consts[node.input[0]].attribute if a.name == "value")
+        )
+        dtype = helper.tensor_dtype_to_np_dtype(to)
+        replacement = helper.make_node(
+            "Constant",
+            [],
+            [node.output[0]],
+            name=node.name or f"folded_cast_{k}",
+            value=numpy_helper.from_array(value.astype(dtype)),
+        )
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, replacement)
+        folded += 1
+    return folded
+
+
+def _qdq_pairs(model: Any) -> int:
+    return sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
+
+
+def export_qat_onnx(
+    model: torch.nn.Module,
+    path: Path,
+    input_size: int,
+    metadata: dict[str, str],
+) -> tuple[int, float]:
+    """Export the fake-quantized ``model`` with explicit Q/DQ; returns (pairs, max |onnx - torch|)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    model = model.eval().cpu()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    # ModelOpt's quantizers trace with Python branches on amax (TracerWarnings) and only the
+    # TorchScript exporter knows their Q/DQ symbolic (a DeprecationWarning): expected, silenced.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    graph = onnx.load(str(path))
+    fold_constant_casts(graph)
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    check = torch.from_numpy(
+        np.random.default_rng(0)
+        .uniform(-1.0, 1.0, (2, 3, input_size, input_size))
+        .astype("float32")
+    )
+    with torch.no_grad():
+        expected = model(check).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": check.numpy()})[0]
+    return _qdq_pairs(graph), float(np.max(np.abs(got - expected)))
+
+
+def run_qat(opts: QatOptions, echo: Echo = print) -> QatReport:
+    """Fine-tune ``opts.checkpoint`` with INT8 fake-quant and export ``opts.out/model_qat.onnx``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from edge_agent.contract.errors import GalaxyEdgeError
+    from edge_agent.contract.labelled_data import open_labelled
+    from training.checkpoint import load_for_export
+    from training.data import PreprocessedImages, augment_batch, make_loader, value_range
+    from training.runtime import resolve_device, seed_everything
+    from training.split import SPLIT_NAME, load_split
+
+    _check_options(opts)
+    mtq = _import_modelopt()
+    started = time.perf_counter()
+    source = load_for_export(opts.checkpoint)  # weights verified against their sha256
+    run_dir = (
+        Path(opts.checkpoint) if Path(opts.checkpoint).is_dir() else Path(opts.checkpoint).parent
+    )
+    try:
+        images = open_labelled(opts.data)
+    except GalaxyEdgeError as exc:
+        raise UsageError(f"--data {opts.data}: {exc}") from exc
+    split = load_split(run_dir / SPLIT_NAME, images.labels)  # the run's own split, checked
+    train_idx = np.asarray(split.train, dtype=np.int64)
+    if opts.limit is not None and opts.limit < len(train_idx):
+        train_idx = train_idx[
+            np.unique(np.linspace(0, len(train_idx) - 1, opts.limit).round().astype(np.int64))
+        ]
+    if len(train_idx) == 0:
+        raise UsageError(f"{run_dir / SPLIT_NAME}: no training images to fine-tune on")
+    seed_everything(opts.seed)
+    device = resolve_device(opts.device)
+    spec, config = source.spec, source.config
+    dataset = PreprocessedImages(images, train_idx, spec)
+    calib_idx = train_idx[
+        np.unique(
+            np.linspace(0, len(train_idx) - 1, min(opts.calib_images, len(train_idx)))
+            .round()
+            .astype(np.int64)
+        )
+    ]
+    calib_loader = make_loader(
+        PreprocessedImages(images, calib_idx, spec), opts.batch_size, shuffle=False, workers=0,
+        device=device, seed=opts.seed,
+    )  # fmt: skip
+    model = source.model.to(device)
+
+    def forward_loop(m: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for batch, _ in calib_loader:
+                m(batch.to(device))
+
+    echo(f"qat: calibrating INT8 fake-quant on {len(calib_idx)} training images (ModelOpt, max)")
+    model = mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop)
+    quantizers = sum(
+        1
+        for name, module in model.named_modules()
+        if name.endswith("_quantizer") and getattr(module, "is_enabled", False)
+    )
+    loader = make_loader(
+        dataset, opts.batch_size, shuffle=True, workers=0, device=device, seed=opts.seed,
+        drop_last=len(dataset) > opts.batch_size,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=config.weight_decay)
+    total = opts.epochs * len(loader)
+    if opts.max_steps is not None:
+        total = min(total, opts.max_steps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+    generator = torch.Generator(device=device).manual_seed(opts.seed)
+    losses: list[float] = []
+    accuracies: list[float] = []
+    steps = 0
+    for epoch in range(1, opts.epochs + 1):
+        if steps >= total:
+            break
+        model.train()
+        loss_sum, correct, seen = 0.0, 0.0, 0
+        for batch, target in loader:
+            if steps >= total:
+                break
+            batch = augment_batch(batch.to(device), config.augment, generator, value_range(spec))
+            target = target.to(device)
+            logits = model(batch)
+            loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(target)
+            correct += float((logits.detach().argmax(1) == target).sum())
+            seen += len(target)
+            if opts.progress:
+                echo(f"qat: epoch {epoch} step {steps}/{total} loss {loss_sum / seen:.4f}")
+        losses.append(round(loss_sum / max(seen, 1), 5))
+        accuracies.append(round(correct / max(seen, 1), 5))
+        echo(
+            f"qat: epoch {epoch}: train loss {losses[-1]:.4f}, train accuracy {accuracies[-1]:.4f} "
+            f"({steps} steps)"
+        )
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / ONNX_NAME
+    qat_meta = {
+        "source_checkpoint_sha256": source.provenance.checkpoint_sha256,
+        "epochs": opts.epochs,
+        "steps": steps,
+        "lr": opts.lr,
+        "train_images": len(train_idx),
+        "calibration_images": len(calib_idx),
+        "calibration": "max",
+        "tool": "nvidia-modelopt torch INT8_DEFAULT_CFG",
+    }
+    metadata = {
+        META_MODEL_NAME: source.model_name,
+        META_PROVENANCE: source.provenance.model_dump_json(),
+        META_PARAMETERS: str(sum(p.numel() for p in source.model.parameters())),
+        META_PREPROCESS: spec.model_dump_json(),
+        META_QAT: json.dumps(qat_meta, sort_keys=True),
+    }
+    try:
+        pairs, diff = export_qat_onnx(model, onnx_path, spec.input_size, metadata)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainingError(f"QAT ONNX export failed: {str(exc).splitlines()[0]}") from exc
+    echo(f"qat: wrote {onnx_path} ({pairs} Q/DQ pairs, max |onnx - fake-quant torch| {diff:.2e})")
+    report = QatReport(
+        source_checkpoint=str(opts.checkpoint),
+        source_checkpoint_sha256=str(source.provenance.checkpoint_sha256),
+        onnx=str(onnx_path),
+        quantizers=quantizers,
+        qdq_pairs=pairs,
+        calibration_images=len(calib_idx),
+        train_images=len(train_idx),
+        epochs=opts.epochs,
+        steps=steps,
+        lr=opts.lr,
+        batch_size=opts.batch_size,
+        losses=losses,
+        train_accuracy=accuracies,
+        seconds=round(time.perf_counter() - started, 1),
+        fake_quant_vs_onnx_max_abs_diff=diff,
+    )
+    (out / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1), encoding="utf-8")
+    return report
+
+
+DESCRIPTION = (
+    "Quantization-aware fine-tuning: INT8 fake-quant (NVIDIA ModelOpt) inserted into a trained "
+    "run, fine-tuned on its training split only, exported to OUT/model_qat.onnx with explicit "
+    "symmetric Q/DQ. Build and gate it with: build-engine --onnx OUT/model_qat.onnx --precision "
+    "int8 --reference RUN --gate-data HELDOUT"
+)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
+    q = sub.add_parser(
+        "qat",
+        help="quantization-aware fine-tuning to an INT8 Q/DQ ONNX file",
+        description=DESCRIPTION,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("--checkpoint", required=True, type=Path, help="the trained run directory")
+    q.add_argument("--data", required=True, type=Path, help="the run's data (its split indexes it)")
+    q.add_argument("--out", required=True, type=Path, help="directory for model_qat.onnx, qat.json")
+    q.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    q.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
+    q.add_argument("--batch-size", type=int, default=16, help="default 16")
+    q.add_argument(
+        "--calib-images", type=int, default=256, help="training images for the initial ranges"
+    )
+    q.add_argument("--max-steps", type=int, help="stop after this many steps (short CPU runs)")
+    q.add_argument("--limit", type=int, help="use N training images spread evenly (smoke runs)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the shuffling and augmentation")
+    q.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    q.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.checkpoint import resolve_weights
+
+    resolve_weights(args.checkpoint)  # missing or tampered weights: refused before the data
+    report = run_qat(
+        QatOptions(
+            checkpoint=args.checkpoint,
+            data=args.data,
+            out=args.out,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            calib_images=args.calib_images,
+            max_steps=args.max_steps,
+            limit=args.limit,
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+        )
+    )
+    print(
+        f"{report.onnx}: {report.qdq_pairs} Q/DQ pairs after {report.steps} QAT steps on "
+        f"{report.train_images} training images ({report.seconds:.0f} s)"
+    )
+    return exit_codes.OK
