@@ -1,380 +1,335 @@
-"""The edge agent's throughput against bare ONNX Runtime on the same model and batch size.
+"""The edge agent's throughput against the FASTEST bare configuration of its runtime.
 
-One run measures, on this machine:
+For each backend (ONNX Runtime FP32 and OpenVINO at ``--openvino-precision``, the demo model
+``models/demo`` made the way ``build-engine`` makes it), one run measures on this machine:
 
-* bare ONNX Runtime: ``session.run`` on already preprocessed batches (no decode, no I/O), with
-  the agent's session options (worker spinning off) and with ORT's defaults (spinning on);
-* the agent, as systemd runs it (``python -m edge_agent run``): a burst of JPEGs renamed into
-  its watched folder is decoded, preprocessed, batched, classified and written to the outbox.
-  Throughput is frames over (last ``classified_at`` - first ``received_at``) of the payloads;
-* the two alternate for ``--rounds`` rounds (bare, agent, bare), so both see the same machine
-  (on a shared host other jobs come and go); the median of the per-round ratios is reported,
-  with the CPU time per frame of each, which other jobs disturb far less than wall time;
-* per-stage latency p50/p99 from the payloads, the agent's peak RSS, and the time from process
-  start to READY=1 on a notify socket (interpreter, imports, bundle hashing, session, warm-up).
+* the runtime alone, on already decoded and preprocessed batches of the agent's batch size (no
+  decode, no I/O), in every configuration worth trying, and takes the fastest of them:
+  ONNX Runtime with its defaults (worker threads spin) and with spinning off; OpenVINO with the
+  agent's compile settings (LATENCY hint, one stream, pinning off), with pinning on, and with the
+  THROUGHPUT hint (several streams, an async request queue);
+* the agent as systemd runs it (``python -m edge_agent run``, with its defaults unless an option
+  says otherwise): a burst of real JPEGs renamed into its watched folder is decoded,
+  preprocessed, batched, classified, committed to the outbox and published through a private
+  mosquitto; a frame counts once its classification arrived at a subscriber. Throughput is
+  frames over (last arrival - first ``received_at``);
+* bare and agent alternate for ``--rounds`` rounds (bare, agent, bare), so both see the same
+  machine; the reported ratio is the median of the per-round ratios agent / fastest bare, with
+  the CPU time per frame of each (which other jobs disturb far less than wall time);
+* per-stage latency p50/p99 from the payloads, the agent's peak RSS, start to READY=1 and
+  SIGTERM to exit.
 
-With ``--broker`` (the default) a private mosquitto runs on a free loopback port and the
-figures are taken where a consumer sees them: a frame counts once its classification arrived at
-a subscriber, so outbox commit, publishing and PUBACK are inside the measurement. With
-``--no-broker`` the results stay in the outbox, which is read while the agent runs.
-The model is ``mobilevit_s`` (random weights unless ``--checkpoint`` is given: weights do not
-change the cost), exported to ONNX with a dynamic batch axis.
-
-    .venv/bin/python bench/bench_agent.py [--checkpoint RUN_DIR] [--frames 48] [--rounds 3] [--batch 8]
-        [--no-broker]
+    .venv/bin/python bench/bench_agent.py [--rounds 5] [--frames 64] [--batch 8]
+        [--backends onnxruntime openvino] [--openvino-precision bf16]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import signal
-import socket
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import demo_models
 import numpy as np
-import paho.mqtt.client as mqtt
-import psutil
-import yaml
-from paho.mqtt.enums import CallbackAPIVersion
+from agent_harness import AgentProcess, Subscriber, start_broker, when
 
 from edge_agent.contract.decode import decode_file
 from edge_agent.contract.decode_config import DecodeConfig
-from edge_agent.contract.manifest import (
-    Manifest,
-    ModelInfo,
-    official_classes,
-    sha256_file,
-    write_manifest,
-)
-from edge_agent.contract.preprocess import DEFAULT_SPEC, preprocess_batch
-
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxy10-sample"
+from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 
 
-def export_model(out: Path, checkpoint: Path | None) -> str:
-    import torch
+def _ort_runners(onnx: Path, threads: int) -> dict[str, Callable[[list[np.ndarray]], None]]:
+    import onnxruntime as ort
 
-    torch.set_num_threads(2)
-    if checkpoint is not None:
-        from training.checkpoint import load_for_export
+    runners = {}
+    for label, spinning in (("ORT defaults (spinning)", True), ("ORT spinning off", False)):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
 
-        exportable = load_for_export(checkpoint)
-        model, name = exportable.model, exportable.model_name
-    else:
-        import timm
+        def run(batches: list[np.ndarray], s: Any = session, n: str = name) -> None:
+            for b in batches:
+                s.run(None, {n: b})
 
-        model, name = (
-            timm.create_model("mobilevit_s", num_classes=10, pretrained=False),
-            "mobilevit_s",
-        )
-    model.eval()
-    x = torch.zeros(2, 3, DEFAULT_SPEC.input_size, DEFAULT_SPEC.input_size)
-    torch.onnx.export(
-        model, (x,), str(out), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False,
-    )  # fmt: skip
-    return name
+        runners[label] = run
+    return runners
 
 
-def make_bundle(bundle: Path, checkpoint: Path | None, max_batch: int) -> Manifest:
-    bundle.mkdir(parents=True)
-    name = export_model(bundle / "model.onnx", checkpoint)
-    manifest = Manifest.model_validate({
-        "created": datetime.now(timezone.utc).isoformat(),
-        "builder": "bench_agent",
-        "model": ModelInfo(name=name, classes=official_classes()),
-        "preprocess": DEFAULT_SPEC,
-        "backend": "onnxruntime",
-        "precision": "fp32",
-        "model_file": "model.onnx",
-        "source_onnx_sha256": sha256_file(bundle / "model.onnx"),
-        "batch": {"min": 1, "opt": max_batch, "max": max(16, max_batch)},
-    })  # fmt: skip
-    return write_manifest(bundle, manifest)
+def _ov_runners(
+    onnx: Path, hint: str, threads: int
+) -> dict[str, Callable[[list[np.ndarray]], None]]:
+    import openvino as ov
+
+    from edge_agent.backends.openvino_backend import compile_config
+
+    core = ov.Core()
+    model = core.read_model(str(onnx))
+    runners = {}
+    configs = {
+        "OV agent settings (LATENCY, 1 stream, unpinned)": compile_config(hint, threads),
+        "OV LATENCY, pinned": {**compile_config(hint, threads), "ENABLE_CPU_PINNING": True},
+    }
+    for label, config in configs.items():
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+
+        def run(batches: list[np.ndarray], r: Any = request) -> None:
+            for b in batches:
+                r.infer({0: b})
+
+        runners[label] = run
+    tput = core.compile_model(
+        model,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": hint,
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_NUM_THREADS": threads,
+        },
+    )
+    streams = int(tput.get_property("NUM_STREAMS"))
+    queue = ov.AsyncInferQueue(tput, int(tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+
+    def run_async(batches: list[np.ndarray]) -> None:
+        for b in batches:
+            queue.start_async({0: b})
+        queue.wait_all()
+
+    runners[f"OV THROUGHPUT ({streams} streams, async)"] = run_async
+    return runners
 
 
-def pick_images(n: int) -> list[Path]:
-    files = sorted(SAMPLE.rglob("*.jpg"))
-    if not files:
-        raise SystemExit(f"bench_agent: no JPEGs under {SAMPLE}; pass --images FOLDER")
-    return [files[i % len(files)] for i in range(n)]
+class Bare:
+    """The runtime alone on preprocessed batches, in each configuration; the fastest wins."""
 
-
-class BareOrt:
-    """Plain ``session.run`` on preprocessed batches: what the agent's throughput is held to."""
-
-    def __init__(self, bundle: Path, images: list[Path], batch: int, threads: int) -> None:
-        import onnxruntime as ort
-
-        self.sessions = {}
-        for spinning in (False, True):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.add_session_config_entry(
-                "session.intra_op.allow_spinning", "1" if spinning else "0"
-            )
-            self.sessions[spinning] = ort.InferenceSession(
-                str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"]
-            )
+    def __init__(
+        self,
+        backend: str,
+        onnx: Path,
+        hint: str,
+        images: list[Path],
+        spec: PreprocessSpec,
+        batch: int,
+        threads: int,
+    ) -> None:
         frames = [decode_file(p, DecodeConfig()) for p in images]
         self.batches = [
-            preprocess_batch(frames[i : i + batch]) for i in range(0, len(frames), batch)
+            preprocess_batch(frames[i : i + batch], spec) for i in range(0, len(frames), batch)
         ]
         self.frames = len(frames)
-        for session in self.sessions.values():
-            session.run(["logits"], {"input": self.batches[0]})  # warm-up
+        self.runners = (
+            _ort_runners(onnx, threads)
+            if backend == "onnxruntime"
+            else _ov_runners(onnx, hint, threads)
+        )
+        for run in self.runners.values():
+            run(self.batches[:2])  # warm-up
 
-    def run(self, spinning: bool) -> tuple[float, float]:
-        """Frames per second and CPU milliseconds per frame (this process, all threads)."""
-        session = self.sessions[spinning]
+    def run(self, label: str) -> tuple[float, float]:
+        """Frames per second and CPU ms per frame (this process, all threads) of ``label``."""
         t0, c0 = time.perf_counter(), time.process_time()
-        for b in self.batches:
-            session.run(["logits"], {"input": b})
+        self.runners[label](self.batches)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         return self.frames / wall, 1e3 * cpu / self.frames
 
 
-def _outbox_bodies(outbox: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True) as db:
-        rows = db.execute(
-            "SELECT payload FROM messages WHERE topic LIKE '%/classifications'"
-        ).fetchall()
-    return [json.loads(r[0]) for r in rows]
+def agent_round(
+    agent: AgentProcess, sub: Subscriber, images: list[Path], tag: str
+) -> tuple[float, float]:
+    """Drop ``images`` at once; frames per second at the subscriber and agent CPU ms per frame."""
+    cpu0 = agent.cpu_s()
+    names = [f"{tag}-{i:05}.jpg" for i in range(len(images))]
+    for name, src in zip(names, images, strict=True):
+        (agent.staging / name).write_bytes(src.read_bytes())
+    want = len(sub.results()) + len(images)
+    for name in names:
+        os.replace(agent.staging / name, agent.inbox / name)
+    deadline = time.monotonic() + 900
+    while not sub.wait_for(want, 0.5):
+        if time.monotonic() > deadline or not agent.alive():
+            raise SystemExit("bench_agent: the agent stopped or stalled")
+    cpu = agent.cpu_s() - cpu0
+    mine = [(b, at) for b, at in sub.results() if f"/{tag}-" in b["frame_ref"]]
+    start = min(when(b["received_at"]) for b, _ in mine)
+    end = max(at for _, at in mine)
+    return len(mine) / (end - start), 1e3 * cpu / len(mine)
 
 
-class Subscriber:
-    """A consumer of the agent's classifications: each payload with its arrival time."""
-
-    def __init__(self, port: int) -> None:
-        self.bodies: list[tuple[dict[str, Any], float]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-subscriber")
-        self.client.on_connect = lambda c, *_: c.subscribe("galaxy-edge/bench/classifications", 1)
-        self.client.on_message = lambda _c, _u, m: self.bodies.append(
-            (json.loads(m.payload), time.time())
-        )
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def unique(self) -> dict[str, tuple[dict[str, Any], float]]:
-        """First arrival of each classification id (QoS 1 may deliver twice)."""
-        first: dict[str, tuple[dict[str, Any], float]] = {}
-        for body, at in list(self.bodies):
-            first.setdefault(body["id"], (body, at))
-        return first
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def latencies(sub: Subscriber) -> dict[str, tuple[float, float]]:
+    bodies = [b for b, _ in sub.results()]
+    out = {}
+    for stage in ("decode", "queue", "preprocess", "infer", "total"):
+        values = np.array([b["latency_ms"][stage] for b in bodies])
+        out[stage] = (float(np.percentile(values, 50)), float(np.percentile(values, 99)))
+    return out
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.access(binary, os.X_OK):
-        raise SystemExit("bench_agent: mosquitto not found (scripts/setup); or use --no-broker")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+def measure(
+    backend: str,
+    bundle: Path,
+    bare: Bare,
+    work: Path,
+    images: list[Path],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    broker, port = start_broker(work / "broker")
+    agent = AgentProcess(
+        bundle,
+        work / "agent",
+        port=port,
+        batch=args.batch,
+        max_wait_ms=args.max_wait,
+        threads=args.agent_threads,
+        spinning=args.agent_spinning,
     )
-    time.sleep(0.3)
-    return proc, port
+    sub = Subscriber(port)
+    rows = []
+    try:
+        time.sleep(1.0)
+        agent_round(agent, sub, images[: args.batch * 2], "warm")
+        for r in range(args.rounds):
+            before = {label: bare.run(label) for label in bare.runners}
+            fps, agent_cpu = agent_round(agent, sub, images, f"r{r}")
+            after = {label: bare.run(label) for label in bare.runners}
+            per_config = {
+                label: ((before[label][0] + after[label][0]) / 2, before[label][1])
+                for label in bare.runners
+            }
+            best = max(per_config, key=lambda k: per_config[k][0])
+            rows.append(
+                {
+                    "bare": {k: v[0] for k, v in per_config.items()},
+                    "best": best,
+                    "best_fps": per_config[best][0],
+                    "best_cpu": per_config[best][1],
+                    "agent_fps": fps,
+                    "agent_cpu": agent_cpu,
+                    "ratio": fps / per_config[best][0],
+                }
+            )
+            print(
+                f"# {backend} round {r}: agent {fps:.1f} img/s, best bare {best} "
+                f"{per_config[best][0]:.1f}: {100 * rows[-1]['ratio']:.1f}%",
+                file=sys.stderr,
+                flush=True,
+            )
+        rss = agent.peak_rss_mb()
+        lat = latencies(sub)
+    finally:
+        agent.stop()
+        sub.stop()
+        broker.terminate()
+        broker.wait(10)
+    return {
+        "rows": rows,
+        "rss": rss,
+        "latency": lat,
+        "ready_s": agent.ready_s,
+        "stop_s": agent.stop_s,
+    }
 
 
-def _when(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-class AgentProcess:
-    """``edge-agent run`` as systemd starts it, fed in rounds through its watched folder."""
-
-    def __init__(
-        self, bundle: Path, work: Path, batch: int, threads: int, port: int | None
-    ) -> None:
-        self.work = work
-        self.subscriber = Subscriber(port) if port is not None else None
-        self.inbox = work / "inbox"
-        self.inbox.mkdir(parents=True)
-        self.outbox = work / "outbox.sqlite3"
-        config = {
-            "device_id": "bench",
-            "bundle": str(bundle),
-            "sources": [{"uri": f"dir://{self.inbox}", "name": "inbox", "queue_size": 64}],
-            "pipeline": {"max_batch": batch, "max_wait_ms": 50, "intra_op_threads": threads},
-            "quarantine_dir": str(work / "quarantine"),
-            "state_dir": str(work / "state"),
-            "stats_interval_s": 3600,
-            "drain_timeout_s": 3,
-            "log_level": "WARNING",
-            # Without a broker, port 9 (discard): every result stays in the outbox, read here.
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": 9 if port is None else port,
-                "outbox": {"path": str(self.outbox)},
-            },
-        }
-        (work / "agent.yaml").write_text(yaml.safe_dump(config))
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(work / "notify.sock"))
-        sock.settimeout(120)
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(work / "agent.yaml")],
-            env={**os.environ, "NOTIFY_SOCKET": str(work / "notify.sock")},
+def report(label: str, result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    configs = list(rows[0]["bare"])
+    print(f"\n### {label}\n")
+    print(
+        "| round | "
+        + " | ".join(f"bare: {c} img/s" for c in configs)
+        + " | agent img/s | agent / fastest bare | CPU ms/frame bare (fastest) | agent |"
+    )
+    print("|---" * (len(configs) + 5) + "|")
+    for r, row in enumerate(rows):
+        print(
+            f"| {r} | "
+            + " | ".join(f"{row['bare'][c]:.2f}" for c in configs)
+            + f" | {row['agent_fps']:.2f} | {100 * row['ratio']:.1f}% | {row['best_cpu']:.0f} "
+            f"| {row['agent_cpu']:.0f} |"
         )
-        while not sock.recv(4096).startswith(b"READY=1"):
-            pass
-        self.ready_s = time.monotonic() - t0
-        # Kept open until stop(): the agent goes on sending WATCHDOG and STATUS.
-        self.notify_sock = sock
-        self.done = 0
-
-    def round(self, images: list[Path], tag: str) -> tuple[float, float]:
-        """Drop ``images`` (renamed into place), wait for their results.
-
-        Returns frames per second and the agent's CPU milliseconds per frame.
-        """
-        cpu0 = sum(psutil.Process(self.proc.pid).cpu_times()[:2])
-        staging = self.work / f"staging-{tag}"
-        staging.mkdir()
-        names = []
-        for i, src in enumerate(images):
-            shutil.copyfile(src, staging / f"{tag}-{i:05}.jpg")
-            names.append(f"{tag}-{i:05}.jpg")
-        for name in names:
-            os.replace(staging / name, self.inbox / name)
-        self.done += len(images)
-        deadline = time.monotonic() + 900
-        while len(self.results()) < self.done:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("bench_agent: the agent stopped or stalled")
-            time.sleep(0.05)
-        cpu = sum(psutil.Process(self.proc.pid).cpu_times()[:2]) - cpu0
-        mine = [(b, at) for b, at in self.results() if f"/{tag}-" in b["frame_ref"]]
-        start = min(_when(b["received_at"]) for b, _ in mine)
-        end = max(at for _, at in mine)
-        return len(mine) / (end - start), 1e3 * cpu / len(mine)
-
-    def results(self) -> list[tuple[dict[str, Any], float]]:
-        """Each classification with when it was done: arrival at the subscriber with a broker,
-        else its ``classified_at`` (committed to the outbox)."""
-        if self.subscriber is not None:
-            return list(self.subscriber.unique().values())
-        return [(b, _when(b["classified_at"])) for b in _outbox_bodies(self.outbox)]
-
-    def peak_rss_mb(self) -> float:
-        # VmHWM of the agent's own image: ru_maxrss of a child would count the pages of this
-        # (torch-laden) process that it shared between fork and exec.
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        """SIGTERM, as systemd stops it; ``stop_s`` is the time to exit (None: killed at 60 s)."""
-        self.proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        try:
-            self.proc.wait(60)
-            self.stop_s: float | None = time.monotonic() - t0
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            self.stop_s = None
-        self.notify_sock.close()
-        if self.subscriber is not None:
-            self.subscriber.stop()
-
-    def latencies(self) -> dict[str, tuple[float, float]]:
-        bodies = [b for b, _ in self.results()]
-        out = {}
-        for stage in ("decode", "queue", "preprocess", "infer", "total"):
-            values = np.array([b["latency_ms"][stage] for b in bodies])
-            out[stage] = (float(np.percentile(values, 50)), float(np.percentile(values, 99)))
-        return out
+    med = {c: statistics.median(row["bare"][c] for row in rows) for c in configs}
+    print(
+        "| **median** | "
+        + " | ".join(f"{med[c]:.2f}" for c in configs)
+        + f" | {statistics.median(r['agent_fps'] for r in rows):.2f} "
+        f"| **{100 * statistics.median(r['ratio'] for r in rows):.1f}%** "
+        f"| {statistics.median(r['best_cpu'] for r in rows):.0f} "
+        f"| {statistics.median(r['agent_cpu'] for r in rows):.0f} |"
+    )
+    wins = sorted({r["best"] for r in rows})
+    stop = f"{result['stop_s']:.2f} s" if result["stop_s"] is not None else "over 60 s (killed)"
+    print(
+        f"\nfastest bare configuration per round: {', '.join(wins)}; start to READY=1: "
+        f"{result['ready_s']:.2f} s; SIGTERM to exit: {stop}; agent peak RSS: {result['rss']:.0f} MiB"
+    )
+    print("\n| stage (all rounds) | p50 ms | p99 ms |\n|---|---|---|")
+    for stage, (p50, p99) in result["latency"].items():
+        print(f"| {stage} | {p50:.1f} | {p99:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="galaxy-train run dir or .safetensors")
-    parser.add_argument("--frames", type=int, default=48, help="frames per round")
+    parser.add_argument("--frames", type=int, default=64, help="frames per round")
     parser.add_argument("--rounds", type=int, default=3, help="bare/agent pairs, interleaved")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--batch", type=int, default=8, help="pipeline.max_batch and bare batch")
+    parser.add_argument("--max-wait", type=float, default=20.0, help="pipeline.max_wait_ms")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="bare threads")
     parser.add_argument(
-        "--broker",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="publish through a private mosquitto and measure at a subscriber (default)",
+        "--agent-threads", type=int, default=None, help="pipeline.intra_op_threads (default unset)"
     )
+    parser.add_argument(
+        "--agent-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pipeline.intra_op_spinning (default: the agent's default)",
+    )
+    parser.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
+    parser.add_argument("--openvino-precision", choices=["fp32", "bf16", "int8"], default="bf16")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/galaxy-edge-bench"))
     args = parser.parse_args(argv)
-    rows: list[tuple[float, float, float, float, float, float]] = []
+    art = demo_models.prepare(args.work)
+    files = art.heldout_files
+    images = [files[i % len(files)] for i in range(args.frames)]
+    from build_engine.export import load_onnx, read_metadata
+
+    spec = read_metadata(load_onnx(art.fp32_onnx)).spec
+    assert spec is not None
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()[0]
+    results = {}
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
-        manifest = make_bundle(work / "bundle", args.checkpoint, args.batch)
-        images = pick_images(args.frames)
-        bare = BareOrt(work / "bundle", images, args.batch, args.threads)
-        broker, port = start_broker(work) if args.broker else (None, None)
-        agent = AgentProcess(work / "bundle", work / "agent", args.batch, args.threads, port)
-        try:
-            # Each agent round sits between two bare runs with the agent's session options, so
-            # both see the same machine (on a shared host other jobs come and go).
-            for r in range(args.rounds):
-                before, bare_cpu = bare.run(spinning=False)
-                fps, agent_cpu = agent.round(images, f"r{r}")
-                after, _ = bare.run(spinning=False)
-                spin, _ = bare.run(spinning=True)
-                rows.append(((before + after) / 2, spin, fps, fps / ((before + after) / 2),
-                             bare_cpu, agent_cpu))  # fmt: skip
-            rss = agent.peak_rss_mb()
-            latency = agent.latencies()
-        finally:
-            agent.stop()
-            if broker is not None:
-                broker.terminate()
-                broker.wait(10)
+        for backend in args.backends:
+            if backend == "openvino":
+                prec = args.openvino_precision
+                onnx = art.int8_onnx if prec == "int8" else art.fp32_onnx
+                hint = "bf16" if prec == "bf16" else "f32"
+                label = f"OpenVINO {prec.upper()}"
+            else:
+                prec, onnx, hint, label = "fp32", art.fp32_onnx, "f32", "ONNX Runtime FP32"
+            bundle = demo_models.make_bundle(
+                work / f"bundle-{backend}", onnx, backend, precision=prec, max_batch=args.batch
+            )  # type: ignore[arg-type]
+            bare = Bare(backend, onnx, hint, images, spec, args.batch, args.threads)
+            results[label] = measure(backend, bundle, bare, work / backend, images, args)
+            del bare
     print(
-        f"model {manifest.model.name} ({'checkpoint' if args.checkpoint else 'random weights'}), "
-        f"{args.frames} JPEGs 256x256 per round, {args.rounds} rounds, batch {args.batch}, "
-        f"{args.threads} ORT threads, {os.cpu_count()} CPUs, "
-        f"{'through mosquitto, measured at a subscriber' if args.broker else 'no broker (outbox)'}\n"
+        f"\n{art.model_name} (models/demo), {args.frames} real 256x256 JPEGs per round, "
+        f"{args.rounds} rounds, batch {args.batch}, max_wait_ms {args.max_wait:g}, bare on "
+        f"{args.threads} threads, agent threads "
+        f"{args.agent_threads or 'default'}, spinning {args.agent_spinning if args.agent_spinning is not None else 'default'}; "
+        f"{os.cpu_count()} CPUs; through mosquitto, measured at a subscriber; started "
+        f"{started}, load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after"
     )
-    print(
-        "| round | bare ORT img/s | bare ORT img/s (ORT defaults) | edge-agent img/s "
-        "| agent / bare | CPU ms/frame bare | CPU ms/frame agent |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r, row in enumerate(rows):
-        b, bs, a, q, cb, ca = row
-        print(f"| {r} | {b:.2f} | {bs:.2f} | {a:.2f} | {100 * q:.1f} % | {cb:.0f} | {ca:.0f} |")
-    med = [statistics.median(col) for col in zip(*rows, strict=True)]
-    print(
-        f"| median | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {100 * med[3]:.1f} % "
-        f"(goal >= 90 %) | {med[4]:.0f} | {med[5]:.0f} |\n"
-    )
-    stop = f"{agent.stop_s:.2f} s" if agent.stop_s is not None else "over 60 s (killed)"
-    print(
-        f"start to READY=1: {agent.ready_s:.2f} s; SIGTERM to exit: {stop}; "
-        f"agent peak RSS: {rss:.0f} MiB\n"
-    )
-    print("| stage (all rounds) | p50 ms | p99 ms |\n|---|---|---|")
-    for stage, (p50, p99) in latency.items():
-        print(f"| {stage} | {p50:.1f} | {p99:.1f} |")
-    print("\nqueue and total include the wait behind the frames of the same round (a burst).")
+    for label, result in results.items():
+        report(label, result)
     return 0
 
 
