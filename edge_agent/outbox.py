@@ -390,16 +390,20 @@ class Outbox:
             for _ in range(free_pages // _VACUUM_STEP_PAGES + 1):
                 # executescript steps the pragma to the end; execute() frees a single page.
                 self._db.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES});")
-                self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
             if not is_disk_full(exc):
                 raise OutboxError(f"{self.path}: outbox vacuum failed ({exc})") from exc
 
     def _checkpoint_quietly(self) -> None:
-        """Copy the WAL into the main file now, so the next write restarts the WAL in place."""
+        """Copy the WAL into the main file now, so the next write restarts the WAL in place.
+
+        PASSIVE never waits: this process is the only one writing (the file lock), and a
+        complete passive checkpoint is enough for the next writer to reuse the WAL from its start.
+        """
         try:
-            self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             log.debug("%s: checkpoint failed (%s)", self.path, exc)
 
