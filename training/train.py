@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -41,6 +40,7 @@ from training.early_stopping import EarlyStopping
 from training.errors import TrainingError, UsageError
 from training.evaluate import predict
 from training.model import create_model
+from training.recipe import Recipe
 from training.report import write_report
 from training.runtime import (
     Runtime,
@@ -95,6 +95,7 @@ def _train_epoch(
     config: TrainConfig,
     runtime: Runtime,
     epoch: int,
+    recipe: Recipe,
 ) -> tuple[float, float]:
     """One pass over the training shard; returns (mean loss, accuracy) over all ranks."""
     model.train()
@@ -118,13 +119,16 @@ def _train_epoch(
             value_range(config.spec),
         )
         target = target.to(device, non_blocking=True)
+        # Survey augmentation and mixup/cutmix (training/recipe.py; off unless configured).
+        batch, soft = recipe.prepare(batch, target, generator, value_range(config.spec))
         with torch.autocast(
             device.type,
             dtype=runtime.amp_dtype or torch.float32,
             enabled=runtime.amp_dtype is not None,
         ):
             logits = model(batch)
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
+            teacher = recipe.teach(batch)
+        loss = recipe.loss(logits, target, soft, teacher)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip_norm is not None:
@@ -133,6 +137,7 @@ def _train_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        recipe.after_step(unwrap(model))
         n = target.shape[0]
         loss_sum += float(loss.detach()) * n
         correct += float((logits.detach().argmax(1) == target).sum())
@@ -165,18 +170,28 @@ def _validate(
     return loss, float(np.mean(probs.argmax(1) == labels))
 
 
-def train(config: TrainConfig, *, resume: bool = False, echo: Echo = print) -> dict[str, Any]:
-    """Train per ``config`` into ``config.out``; returns the metrics written to metrics.json."""
+def train(
+    config: TrainConfig, *, resume: bool = False, echo: Echo = print, split: Split | None = None
+) -> dict[str, Any]:
+    """Train per ``config`` into ``config.out``; returns the metrics written to metrics.json.
+
+    ``split``: given parts (crossval's folds) instead of the seeded split of the config.
+    """
     run_dir = Path(config.out)
     runtime = start_runtime(config.device, config.amp)
     try:
-        return _run(config, run_dir, runtime, resume, echo)
+        return _run(config, run_dir, runtime, resume, echo, split)
     finally:
         stop_runtime(runtime)
 
 
 def _run(
-    config: TrainConfig, run_dir: Path, runtime: Runtime, resume: bool, echo: Echo
+    config: TrainConfig,
+    run_dir: Path,
+    runtime: Runtime,
+    resume: bool,
+    echo: Echo,
+    given_split: Split | None = None,
 ) -> dict[str, Any]:
     if runtime.is_main:
         _check_run_dir(run_dir, resume)
@@ -192,7 +207,7 @@ def _run(
         config.model, config.num_classes, config.pretrained, config.drop_rate, **config.model_kwargs
     )
     images = open_labelled(config.data, limit=config.limit, check_conflicts=config.check_conflicts)
-    split = _prepare_split(config, images, run_dir, resume)
+    split = given_split or _prepare_split(config, images, run_dir, resume)
     if runtime.is_main:
         save_config(config, run_dir)
         if not (resume and (run_dir / SPLIT_NAME).is_file()):
@@ -225,6 +240,7 @@ def _run(
     )
 
     model.to(device)
+    recipe = Recipe(config, model, device, labels=images.labels, test=split.test, echo=echo)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -240,6 +256,7 @@ def _run(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         stopper.load_state_dict(state["early_stopping"])
+        recipe.load_state_dict(state.get("recipe"))
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["rng_torch"])
@@ -266,18 +283,19 @@ def _run(
         elif train_loader.generator is not None:
             train_loader.generator.manual_seed(config.seed + epoch)
         train_loss, train_acc = _train_epoch(
-            net, train_loader, optimizer, scheduler, scaler, config, runtime, epoch
+            net, train_loader, optimizer, scheduler, scaler, config, runtime, epoch, recipe
         )
         improved = stop = False
         if runtime.is_main:
-            val_loss, val_acc = _validate(model, val_loader, runtime, config)
-            improved = stopper.step(val_acc, epoch, model)
+            scored = recipe.scored(model)  # the weight average when EMA is on
+            val_loss, val_acc = _validate(scored, val_loader, runtime, config)
+            improved = stopper.step(val_acc, epoch, scored)
             stop = stopper.should_stop
             # A diverged run never recovers (AdamW keeps stepping on NaN): stop, keep the best.
             diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
             stop = stop or diverged
             if improved:
-                save_best(model, config, run_dir)
+                save_best(scored, config, run_dir)
             seconds = time.perf_counter() - began
             history.append(
                 {
@@ -302,6 +320,7 @@ def _run(
                     "history": history,
                     "rng_torch": torch.get_rng_state(),
                     "rng_numpy": np.random.get_state(),
+                    "recipe": recipe.state_dict(),
                 },
                 run_dir,
             )
