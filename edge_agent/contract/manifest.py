@@ -115,7 +115,7 @@ class TensorRTInfo(_Strict):
     workspace_bytes: int | None = None
     timing_cache: str | None = None
     plan_builder: str | None = Field(
-        None,
+        default=None,  # a keyword: pyright's dataclass_transform reads only default=
         description="what compiled the plan: None or 'tensorrt' for TensorRT's ONNX parser "
         "(build_engine/tensorrt_build.py), 'torch-tensorrt <version>' for an ExportedProgram "
         "compiled by torch-tensorrt (build_engine/torch_tensorrt_build.py)",
