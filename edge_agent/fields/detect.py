@@ -38,7 +38,6 @@ class Detections:
     r50: np.ndarray  # half-light radius of each source (px)
     segmap: np.ndarray  # int32 H x W: 1 + index of the source owning a pixel, 0 for sky
     subtracted: np.ndarray  # bands x H x W float32, background subtracted, NaNs set to 0
-    background: np.ndarray  # bands x H x W float32, the subtracted background
     image: np.ndarray  # H x W float32 detection image (mean of the subtracted bands)
     rms: float  # global background RMS of the detection image
     nan_pixels: int
@@ -84,33 +83,35 @@ def _extract(
 
 
 def detect(data: np.ndarray, settings: FieldsConfig) -> Detections:
-    """Subtract each band's background and extract the sources of ``data`` (bands x H x W)."""
-    finite = np.isfinite(data)
-    bad = ~finite.all(axis=0)
+    """Subtract each band's background and extract the sources of ``data`` (bands x H x W).
+
+    Memory: besides ``data``, one subtracted copy, the detection image, the segmentation map and
+    one band's background at a time (about 4 x a band plus 1 x the frame).
+    """
+    bad = ~np.isfinite(data).all(axis=0)
     nan_pixels = int(bad.sum())
     if nan_pixels == bad.size:
         raise FieldError("no_data", "every pixel of the frame is NaN or infinite")
     mask = bad if nan_pixels else None
-    clean = np.where(finite, data, np.float32(0.0)).astype(np.float32, copy=False)
-    background = np.empty_like(clean)
-    subtracted = np.empty_like(clean)
+    subtracted = np.empty(data.shape, dtype=np.float32)
     with _SEP_LOCK:
-        for i in range(clean.shape[0]):
-            bkg = _background(np.ascontiguousarray(clean[i]), mask, settings.background_box_px)
-            background[i] = bkg.back()
-            np.subtract(clean[i], background[i], out=subtracted[i])
+        for i in range(data.shape[0]):
+            band = np.ascontiguousarray(data[i], dtype=np.float32)
+            if mask is not None:
+                band = np.where(mask | ~np.isfinite(band), np.float32(0.0), band)
+            bkg = _background(band, mask, settings.background_box_px)
+            np.subtract(band, bkg.back(), out=subtracted[i])
+            del band, bkg
             if mask is not None:
                 subtracted[i][mask] = 0.0
-        det = subtracted.mean(axis=0) if clean.shape[0] > 1 else subtracted[0]
+        det = subtracted.mean(axis=0) if data.shape[0] > 1 else subtracted[0]
         det = np.ascontiguousarray(det, dtype=np.float32)
         sky = det[~bad] if mask is not None else det
         rms = _robust_rms(sky)
         if not np.isfinite(rms) or rms <= 0:  # a constant frame: no noise, nothing to detect
             empty = np.zeros(0, dtype=sep.extract(np.zeros((8, 8), np.float32), 1.0).dtype)
             segmap = np.zeros(det.shape, np.int32)
-            return Detections(
-                empty, np.zeros(0), segmap, subtracted, background, det, 0.0, nan_pixels
-            )
+            return Detections(empty, np.zeros(0), segmap, subtracted, det, 0.0, nan_pixels)
         catalog, segmap = _extract(det, mask, rms, settings)
         if len(catalog) > settings.max_sources:
             raise FieldError(
@@ -118,7 +119,7 @@ def detect(data: np.ndarray, settings: FieldsConfig) -> Detections:
                 f"{len(catalog)} sources detected, above fields.max_sources={settings.max_sources}",
             )
         r50 = half_light_radius(det, catalog, segmap)
-    return Detections(catalog, r50, segmap, subtracted, background, det, rms, nan_pixels)
+    return Detections(catalog, r50, segmap, subtracted, det, rms, nan_pixels)
 
 
 def _robust_rms(values: np.ndarray) -> float:
