@@ -1,8 +1,18 @@
 """How image files become pixels: the decoding settings every stage shares.
 
-The agent reads them from its config (``decode:``); training, calibration, the accuracy gate and
-``evaluate`` use the same model (defaults unless a run says otherwise), so every stage sees the
-same pixels for the same file.
+Two kinds of setting, kept apart:
+
+- :class:`DecodeSpec` (the stretch of deep data, the FITS HDU and bands) decides WHICH pixels a
+  file gives: it is part of the model's contract and travels with it like the preprocessing
+  spec (training config -> checkpoint -> ONNX metadata ``galaxy_edge.decode`` -> bundle
+  manifest ``decode``). Training, calibration, the accuracy gate, ``evaluate`` and the agent all
+  decode with the model's spec.
+- :class:`DecodeLimits` (``max_bytes``, ``max_pixels``, ``max_decoded_bytes``) bound what one
+  input may cost on a host; they never change a pixel and stay local to each host.
+
+:class:`DecodeConfig` is what the decoder takes: both together. The agent's ``decode:`` config
+section is a :class:`DecodeSettings`: the host's limits, and optionally ``stretch``/``fits`` as
+an assertion of what the bundle must hold (:meth:`DecodeSettings.resolve` refuses a mismatch).
 """
 
 from __future__ import annotations
@@ -10,6 +20,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_agent.contract.errors import GalaxyEdgeError
 
 ImageFormat = Literal["png", "jpeg", "tiff", "bmp", "webp", "npy", "fits"]
 ALL_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "tiff", "bmp", "webp", "npy", "fits")
@@ -60,11 +72,33 @@ class FitsConfig(_Strict):
         return self
 
 
-class DecodeConfig(_Strict):
-    """Limits checked before decoding, and how deep data becomes 8 bits.
+class DecodeSpec(_Strict):
+    """Which pixels a file gives where the decoder has a choice: the model's contract.
+
+    Recorded by ``galaxy-train`` and carried to the bundle manifest; a bundle or ONNX file
+    without it was made before it travelled, when every stage used these defaults.
+    """
+
+    stretch: StretchConfig = Field(
+        default_factory=StretchConfig, description="16-bit and float data to 8 bits"
+    )
+    fits: FitsConfig = Field(default_factory=FitsConfig, description="FITS HDU and bands")
+
+    def decoder(self, limits: DecodeLimits | None = None) -> DecodeConfig:
+        """The decoder's settings: this spec within ``limits`` (default: the default limits)."""
+        bounds = (limits or DecodeLimits()).model_dump(include=set(DecodeLimits.model_fields))
+        return DecodeConfig(**bounds, stretch=self.stretch, fits=self.fits)
+
+
+DEFAULT_DECODE = DecodeSpec()
+
+
+class DecodeLimits(_Strict):
+    """Limits checked before decoding: what one input may cost on this host.
 
     The three limits bound what one input can cost: ``max_bytes`` is read, and the image its
     header promises must fit ``max_pixels`` and ``max_decoded_bytes`` before any decoder runs.
+    They never change a pixel, so they are a host's own setting and do not travel with a model.
     """
 
     max_bytes: int = Field(
@@ -83,7 +117,66 @@ class DecodeConfig(_Strict):
             "float32 stretch of deep data)"
         ),
     )
+
+
+class DecodeConfig(DecodeLimits):
+    """What the decoder takes: a host's limits and a model's :class:`DecodeSpec`."""
+
     stretch: StretchConfig = Field(
         default_factory=StretchConfig, description="16-bit and float data to 8 bits"
     )
     fits: FitsConfig = Field(default_factory=FitsConfig, description="FITS HDU and bands")
+
+    @property
+    def spec(self) -> DecodeSpec:
+        """The pixel-deciding part of these settings."""
+        return DecodeSpec(stretch=self.stretch, fits=self.fits)
+
+
+class DecodeSpecMismatch(GalaxyEdgeError):
+    """A config states decode settings that differ from those the model was trained with."""
+
+
+class DecodeSettings(DecodeLimits):
+    """The agent config's ``decode:`` section: this host's limits; the pixels follow the bundle.
+
+    ``stretch`` and ``fits`` are optional: left out, the agent decodes with the bundle's
+    :class:`DecodeSpec` (the one its model was trained with). Given, they must equal the
+    bundle's, or the agent refuses to start: a frame stretched otherwise is another image.
+    """
+
+    stretch: StretchConfig | None = Field(
+        None,
+        description="16-bit and float data to 8 bits; leave out to follow the bundle (which "
+        "records what its model was trained with); given, it must match the bundle's",
+    )
+    fits: FitsConfig | None = Field(
+        None,
+        description="FITS HDU and bands; leave out to follow the bundle; given, it must match",
+    )
+
+    def resolve(self, spec: DecodeSpec, origin: str = "the bundle") -> DecodeConfig:
+        """The decoder's settings for a model trained with ``spec``.
+
+        Raises :class:`DecodeSpecMismatch` (one line: which setting differs and what to do)
+        when ``stretch`` or ``fits`` is set here and differs from ``spec``.
+        """
+        for name, mine, theirs in (
+            ("stretch", self.stretch, spec.stretch),
+            ("fits", self.fits, spec.fits),
+        ):
+            if mine is None or mine == theirs:
+                continue
+            ours, model = mine.model_dump(), theirs.model_dump()
+            diffs = ", ".join(
+                f"decode.{name}.{key} is {ours[key]!r} here but {model[key]!r} in {origin}"
+                for key in ours
+                if ours[key] != model[key]
+            )
+            raise DecodeSpecMismatch(
+                f"{diffs}: the model was trained on pixels decoded the bundle's way; remove "
+                f"decode.{name} from the agent config to use the bundle's, or deploy a model "
+                "trained with these settings (galaxy-train --stretch/--fits-*)"
+            )
+        limits = self.model_dump(include=set(DecodeLimits.model_fields))
+        return DecodeConfig(**limits, stretch=spec.stretch, fits=spec.fits)

@@ -17,13 +17,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.errors import ManifestError, StaleBundleError
 from edge_agent.contract.preprocess import PreprocessSpec
 
 # 2: OpenVINO bundles (backend, ``openvino``, precision bf16), the gate's paired interval and
 #    the model's calibration; a version-1 manifest is a subset and still reads.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: ``decode``, the decoding spec (stretch, FITS HDU/bands) the model was trained with; older
+#    manifests lack it and read as the defaults, which every stage used before it travelled.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
@@ -181,6 +184,11 @@ class Manifest(_Strict):
     builder: str = Field(description="galaxy-edge version that wrote the bundle")
     model: ModelInfo
     preprocess: PreprocessSpec
+    decode: DecodeSpec = Field(
+        default_factory=DecodeSpec,
+        description="how files become pixels (stretch of deep data, FITS HDU/bands) as the model "
+        "was trained; absent in bundles before format 3, which read as the defaults",
+    )
     backend: Literal["onnxruntime", "tensorrt", "openvino"]
     precision: Precision
     model_file: str = Field(description="the file the backend loads: an .onnx or a .plan")

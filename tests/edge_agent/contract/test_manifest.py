@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.errors import ManifestError, StaleBundleError
 from edge_agent.contract.manifest import (
     MANIFEST_NAME,
@@ -80,13 +81,18 @@ def test_unknown_key_and_version_are_refused(bundle: Path) -> None:
         read_manifest(bundle)
 
 
-def test_a_version_1_manifest_still_reads_and_new_ones_are_version_2(bundle: Path) -> None:
-    """Version 2 only added optional sections (OpenVINO, the gate's interval, calibration)."""
+def test_older_manifests_still_read_and_new_ones_are_version_3(bundle: Path) -> None:
+    """Versions 2 and 3 only added optional sections (OpenVINO, the gate's interval,
+    calibration; the decoding spec): an older manifest without ``decode`` reads as the defaults."""
     raw = json.loads((bundle / MANIFEST_NAME).read_text())
-    assert raw["format_version"] == 2
-    raw["format_version"] = 1
-    (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
-    assert read_manifest(bundle).format_version == 1
+    assert raw["format_version"] == 3
+    assert raw["decode"] == DecodeSpec().model_dump(mode="json")
+    del raw["decode"]
+    for version in (1, 2):
+        raw["format_version"] = version
+        (bundle / MANIFEST_NAME).write_text(json.dumps(raw))
+        old = read_manifest(bundle)
+        assert old.format_version == version and old.decode == DecodeSpec()
 
 
 def test_reordered_class_list_is_refused(bundle: Path) -> None:
