@@ -16,7 +16,7 @@ from build_engine.device import DeviceInfo, probe
 from build_engine.errors import AccuracyGateError, StaleError, UsageError
 from build_engine.export import checkpoint_sha256
 from build_engine.gate import DEFAULT_MIN_IMAGES, DEFAULT_THRESHOLD_POINTS
-from build_engine.options import positive, spec_file
+from build_engine.options import decode_spec_file, positive, spec_file
 from build_engine.pipeline import BuildRequest, build, default_precision, resolve_backend
 from edge_agent import __version__
 from edge_agent.contract import exit_codes
@@ -69,6 +69,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="SPEC.json",
         help="the preprocessing spec of an --onnx file that does not carry one (keys of "
         "edge_agent.contract.preprocess.PreprocessSpec: input_size, crop, scale, offset...)",
+    )
+    p.add_argument(
+        "--decode-spec",
+        type=decode_spec_file,
+        metavar="DECODE.json",
+        help="how image files became pixels for an --onnx file that does not record it (keys of "
+        "edge_agent.contract.decode_config.DecodeSpec: stretch, fits); without it such a file "
+        "gets the defaults, which every model used before the spec travelled",
     )
     p.add_argument("--out", type=Path, help="bundle directory to write (replaced atomically)")
     p.add_argument(
@@ -263,6 +271,7 @@ def _run(args: argparse.Namespace) -> int:
         gate_threshold=args.gate_threshold,
         gate_min_images=args.gate_min_images,
         preprocess=args.preprocess_spec,
+        decode=args.decode_spec,
         fallback=args.fallback,
         batch=BatchProfile(min=args.min_batch, opt=args.opt_batch, max=args.max_batch),
         workspace_mb=args.workspace_mb,

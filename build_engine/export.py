@@ -8,7 +8,8 @@ succeeds (the report says whether it did), and its outputs are compared with PyT
 same inputs: an export that does not reproduce the model is an error, not a warning.
 
 What the model needs travels inside the file as ``metadata_props``: the preprocessing spec it
-was trained with (``galaxy_edge.preprocess``), its name, parameter count and training
+was trained with (``galaxy_edge.preprocess``), the decoding spec its image files were read with
+(``galaxy_edge.decode``: stretch of deep data, FITS HDU and bands), its name, parameter count and training
 provenance. ``build-engine --onnx`` reads them back into the manifest (:func:`read_metadata`).
 
 torch, timm and the ``training`` package are imported only inside :func:`export_checkpoint` and
@@ -27,6 +28,7 @@ import numpy as np
 
 from build_engine.errors import ExportError
 from edge_agent.contract.classes import NUM_CLASSES
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.manifest import TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
 
@@ -45,6 +47,7 @@ META_MODEL_NAME = "galaxy_edge.model_name"
 META_PROVENANCE = "galaxy_edge.training_provenance"
 META_PARAMETERS = "galaxy_edge.parameters"
 META_PREPROCESS = "galaxy_edge.preprocess"
+META_DECODE = "galaxy_edge.decode"
 
 Step = Callable[[str], None]
 
@@ -78,16 +81,19 @@ class ExportReport:
     parameters: int | None = None
     provenance: TrainingProvenance = field(default_factory=TrainingProvenance)
     spec: PreprocessSpec | None = None
+    decode: DecodeSpec | None = None
 
 
 @dataclass(frozen=True)
 class OnnxMetadata:
-    """What :func:`write_metadata` recorded in an ONNX file; ``spec`` is None when absent."""
+    """What :func:`write_metadata` recorded in an ONNX file; ``spec`` and ``decode`` are None
+    when absent (``decode`` is absent from files exported before it travelled: the defaults)."""
 
     model_name: str
     provenance: TrainingProvenance
     parameters: int | None
     spec: PreprocessSpec | None
+    decode: DecodeSpec | None = None
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -320,7 +326,10 @@ def export_checkpoint(
     report.model_name = loaded.model_name
     report.provenance = provenance
     report.spec = loaded.spec
-    write_metadata(out_path, loaded.model_name, provenance, report.parameters, loaded.spec)
+    report.decode = loaded.decode
+    write_metadata(
+        out_path, loaded.model_name, provenance, report.parameters, loaded.spec, loaded.decode
+    )
     # The temperature of a calibrated run travels in the ONNX too (build_engine/calibration_metadata).
     from build_engine.calibration_metadata import write_calibration_metadata
 
@@ -334,8 +343,10 @@ def write_metadata(
     provenance: TrainingProvenance,
     parameters: int | None,
     spec: PreprocessSpec,
+    decode: DecodeSpec,
 ) -> None:
-    """Record the preprocessing spec, model name and training provenance inside the ONNX file.
+    """Record the preprocessing and decoding specs, model name and training provenance inside
+    the ONNX file.
 
     A later ``build-engine --onnx`` (on the device, without the checkpoint) reads them back
     into the manifest; metadata does not change the graph, so the export check still holds.
@@ -348,6 +359,7 @@ def write_metadata(
         META_PROVENANCE: provenance.model_dump_json(),
         META_PARAMETERS: str(parameters) if parameters is not None else "",
         META_PREPROCESS: spec.model_dump_json(),
+        META_DECODE: decode.model_dump_json(),
     }
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
@@ -361,8 +373,8 @@ def write_metadata(
 def read_metadata(model: onnx.ModelProto, where: str = "ONNX model") -> OnnxMetadata:
     """What :func:`write_metadata` recorded; name, provenance and parameters default when absent.
 
-    A missing spec is ``None`` (the caller decides); a spec that is present but does not
-    validate is an :class:`ExportError`, never silently replaced by a default.
+    A missing spec or decoding spec is ``None`` (the caller decides); one that is present but
+    does not validate is an :class:`ExportError`, never silently replaced by a default.
     """
     from pydantic import ValidationError
 
@@ -384,4 +396,15 @@ def read_metadata(model: onnx.ModelProto, where: str = "ONNX model") -> OnnxMeta
                 f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
                 "build-engine --checkpoint"
             ) from exc
-    return OnnxMetadata(name, provenance, int(raw) if raw.isdigit() else None, spec)
+    decode: DecodeSpec | None = None
+    if props.get(META_DECODE):
+        try:
+            decode = DecodeSpec.model_validate_json(props[META_DECODE])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ExportError(
+                f"{where}: metadata {META_DECODE} is not a valid decoding spec "
+                f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
+                "build-engine --checkpoint"
+            ) from exc
+    return OnnxMetadata(name, provenance, int(raw) if raw.isdigit() else None, spec, decode)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.preprocess import PreprocessSpec
 
 
@@ -22,6 +23,18 @@ def spec_file(text: str) -> PreprocessSpec:
     """``--preprocess-spec FILE.json``: a :class:`PreprocessSpec`, validated strictly."""
     try:
         return PreprocessSpec.model_validate_json(Path(text).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: unreadable ({exc.strerror})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise argparse.ArgumentTypeError(f"{text}: {where}: {first['msg']}") from exc
+
+
+def decode_spec_file(text: str) -> DecodeSpec:
+    """``--decode-spec FILE.json``: a :class:`DecodeSpec` (stretch, FITS), validated strictly."""
+    try:
+        return DecodeSpec.model_validate_json(Path(text).read_text(encoding="utf-8"))
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text}: unreadable ({exc.strerror})") from exc
     except ValidationError as exc:

@@ -8,8 +8,10 @@ the gate set), and writes the bundle only at the very end (atomically, see
 
 The preprocessing spec in the manifest is the one the model was trained with: read from the
 checkpoint's config, or from the ONNX file's metadata (written at export); an ONNX file without
-it is refused unless the caller gives the spec explicitly. Input and output names come from the
-graph of the model the bundle ships.
+it is refused unless the caller gives the spec explicitly. The decoding spec (stretch of deep
+data, FITS HDU/bands) travels the same way and is what calibration and the gate decode their
+images with; an ONNX file without it was exported before it travelled and gets the defaults
+(or ``--decode-spec``). Input and output names come from the graph of the model the bundle ships.
 
 Defaults come from measurements: a TensorRT bundle is FP16 (Jetson tensor cores, no accuracy
 risk worth a gate); an ONNX Runtime (CPU) bundle is FP32, because INT8 Q/DQ ran slower than
@@ -49,6 +51,7 @@ from build_engine.images import (
     split_indices,
 )
 from build_engine.progress import bar
+from edge_agent.contract.decode_config import DEFAULT_DECODE, DecodeSpec
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.contract.labelled_data import open_labelled
 from edge_agent.contract.manifest import (
@@ -91,6 +94,7 @@ class BuildRequest:
     gate_threshold: float = gate_mod.DEFAULT_THRESHOLD_POINTS
     gate_min_images: int = gate_mod.DEFAULT_MIN_IMAGES
     preprocess: PreprocessSpec | None = None  # for an --onnx file without the spec in it
+    decode: DecodeSpec | None = None  # for an --onnx file without the decoding spec in it
     fallback: Literal["fp16"] | None = None
     batch: BatchProfile = field(default_factory=lambda: BatchProfile.model_validate({}))
     workspace_mb: int = 1024
@@ -218,6 +222,11 @@ def validate(
             "--preprocess-spec is for an --onnx file without one; a checkpoint carries the spec "
             "it was trained with: drop the option"
         )
+    if request.decode is not None and request.checkpoint is not None:
+        raise UsageError(
+            "--decode-spec is for an --onnx file without one; a checkpoint carries the decoding "
+            "spec it was trained with: drop the option"
+        )
     for option, path in (
         ("--onnx", request.onnx),
         ("--calib-data", request.calib_data),
@@ -290,6 +299,8 @@ class _Source:
     info: OnnxInfo
     spec: PreprocessSpec
     spec_origin: str
+    decode: DecodeSpec = DEFAULT_DECODE
+    decode_origin: str = "the defaults"
 
 
 NO_SPEC = (
@@ -315,7 +326,7 @@ def _checkpoint_source(request: BuildRequest, scratch: Path, log: Callable[[str]
         )
     simplified = "simplified" if report.simplified else f"not simplified ({report.simplify_note})"
     log(f"export checked: max |onnx - torch| = {report.max_abs_diff:.2e} on 3 images, {simplified}")
-    assert report.spec is not None
+    assert report.spec is not None and report.decode is not None
     return _Source(
         report.onnx_path,
         report.model_name,
@@ -324,11 +335,13 @@ def _checkpoint_source(request: BuildRequest, scratch: Path, log: Callable[[str]
         report.info,
         report.spec,
         "the checkpoint's training config",
+        report.decode,
+        "the checkpoint's training config",
     )
 
 
 def _onnx_source(request: BuildRequest) -> _Source:
-    from build_engine.export import META_PREPROCESS
+    from build_engine.export import META_DECODE, META_PREPROCESS
 
     assert request.onnx is not None
     where = str(request.onnx)
@@ -350,8 +363,28 @@ def _onnx_source(request: BuildRequest) -> _Source:
             f"graph's input {info.input_name!r} of {info.input_size}x{info.input_size}; fix the spec"
         )
     origin = "the ONNX file's metadata" if meta.spec is not None else "--preprocess-spec"
+    if meta.decode is not None and request.decode is not None and meta.decode != request.decode:
+        raise UsageError(
+            f"{where} records the decoding spec it was trained with "
+            f"({meta.decode.model_dump_json()}), --decode-spec differs "
+            f"({request.decode.model_dump_json()}); drop the option"
+        )
+    decode = DEFAULT_DECODE
+    decode_origin = f"the defaults (no {META_DECODE} in {where}: exported before it travelled)"
+    if meta.decode is not None:
+        decode, decode_origin = meta.decode, "the ONNX file's metadata"
+    elif request.decode is not None:
+        decode, decode_origin = request.decode, "--decode-spec"
     return _Source(
-        Path(request.onnx), meta.model_name, meta.parameters, meta.provenance, info, spec, origin
+        Path(request.onnx),
+        meta.model_name,
+        meta.parameters,
+        meta.provenance,
+        info,
+        spec,
+        origin,
+        decode,
+        decode_origin,
     )
 
 
@@ -406,7 +439,7 @@ def _int8(
         from build_engine.prequantized import prequantized_candidate
 
         made, reference, quantized, held_out = prequantized_candidate(
-            request, source.path, spec, scratch, log
+            request, source.path, spec, scratch, log, decode=source.decode
         )
         gated = _gate(request, reference, made, held_out, "int8", log)
         return _Candidate(made, "int8", quantized, gated), held_out
@@ -417,6 +450,7 @@ def _int8(
         request.gate_size,
         gate_path=request.gate_data,
         spec=spec,
+        decode=source.decode.decoder(),
     )
     gate_mod.check_size(len(gate_data), request.gate_min_images)
     log(f"calibrating INT8 on {len(calib)} images; gate on {len(gate_data)} held-out images")
@@ -445,6 +479,7 @@ def _int8(
             request.sensitivity_size,
             exclude=set(calib.refs) | set(gate_data.refs),
             spec=spec,
+            decode=source.decode,
         )
         kept, sensitivity = keep_most_sensitive(
             source.path,
@@ -530,6 +565,7 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
         )
         spec = source.spec
         log(f"preprocessing spec from {source.spec_origin}: {_spec_line(spec)}")
+        log(f"decoding spec from {source.decode_origin}: {_decode_line(source.decode)}")
         candidate = _Candidate(source.path, "fp32", Quantization.model_validate({}))
         gate_data: LabelledBatch | None = None
         if precision == "int8":
@@ -543,7 +579,9 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
                 )
                 precision = "fp16"
         elif request.gate_data is not None and precision == "fp16":
-            gate_data = load_gate_only(request.gate_data, request.gate_size, spec)
+            gate_data = load_gate_only(
+                request.gate_data, request.gate_size, spec, source.decode.decoder()
+            )
         if precision == "fp16":
             candidate = _fp16(request, source, gate_data, scratch, log)
         shipped = describe_onnx(load_onnx(candidate.path), str(candidate.path))
@@ -566,6 +604,7 @@ def build(request: BuildRequest, device: DeviceInfo, log: Callable[[str], None])
                 name=source.model_name, classes=official_classes(), parameters=source.parameters
             ),
             preprocess=spec,
+            decode=source.decode,
             backend=backend,
             precision=candidate.precision,
             model_file="model.plan" if backend == "tensorrt" else "model.onnx",
@@ -602,14 +641,19 @@ def _build_openvino(
         calibration = read_calibration_metadata(load_onnx(source.path), str(source.path))
         spec = source.spec
         log(f"preprocessing spec from {source.spec_origin}: {_spec_line(spec)}")
+        log(f"decoding spec from {source.decode_origin}: {_decode_line(source.decode)}")
         int8: _Candidate | None = None
         gate_data: LabelledBatch | None = None
         if request.calib_data is not None and wanted in (None, "int8"):
             int8, gate_data = _int8(request, "openvino", source, spec, scratch, log)
         elif request.calib_data is not None and wanted == "bf16":
-            gate_data = load_gate_only(request.calib_data, request.gate_size, spec)
+            gate_data = load_gate_only(
+                request.calib_data, request.gate_size, spec, source.decode.decoder()
+            )
         if request.gate_data is not None and gate_data is None:
-            gate_data = load_gate_only(request.gate_data, request.gate_size, spec)
+            gate_data = load_gate_only(
+                request.gate_data, request.gate_size, spec, source.decode.decoder()
+            )
         found = choice.candidates(
             wanted, source.path, int8.path if int8 else None, gate_data, host, log
         )
@@ -637,6 +681,7 @@ def _build_openvino(
                 name=source.model_name, classes=official_classes(), parameters=source.parameters
             ),
             preprocess=spec,
+            decode=source.decode,
             backend="openvino",
             precision=best.precision,
             model_file=info.compiled_file,
@@ -661,6 +706,16 @@ def _random_batch(spec: PreprocessSpec) -> np.ndarray:
     s = spec.input_size
     pixels = np.random.default_rng(0).uniform(0.0, 255.0, (4, 3, s, s)).astype(np.float32)
     return pixels * np.float32(spec.scale) + np.float32(spec.offset)
+
+
+def _decode_line(decode: DecodeSpec) -> str:
+    s, f = decode.stretch, decode.fits
+    return (
+        f"stretch {s.method} {s.low_percentile:g}-{s.high_percentile:g}%"
+        + (f" (a {s.asinh_a:g})" if s.method == "asinh" else "")
+        + f", FITS HDU {'first image' if f.hdu is None else f.hdu}"
+        + (f", bands {f.bands}" if f.bands is not None else "")
+    )
 
 
 def _spec_line(spec: PreprocessSpec) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from build_engine.errors import UsageError
 from build_engine.export import load_onnx
+from edge_agent.contract.decode_config import DecodeSpec
 
 if TYPE_CHECKING:
     from build_engine.images import LabelledBatch
@@ -119,6 +120,8 @@ def prequantized_candidate(
     spec: PreprocessSpec,
     scratch: Path,
     log: Callable[[str], None],
+    *,
+    decode: DecodeSpec | None = None,
 ) -> tuple[Path, Path, Quantization, LabelledBatch]:
     """(candidate, FP32 reference, quantization record, gate images) for a Q/DQ ``source``."""
     from build_engine import gate as gate_mod
@@ -126,12 +129,13 @@ def prequantized_candidate(
     from edge_agent.contract.manifest import Quantization
 
     assert request.reference is not None
+    decoder = (decode or DecodeSpec()).decoder()  # the pixels the model was trained on
     if request.gate_data is not None:
-        gate_data = load_gate_only(request.gate_data, request.gate_size, spec)
+        gate_data = load_gate_only(request.gate_data, request.gate_size, spec, decoder)
     else:
         assert request.calib_data is not None
         _, gate_data = load_calibration_and_gate(
-            request.calib_data, request.calib_size, request.gate_size, spec=spec
+            request.calib_data, request.calib_size, request.gate_size, spec=spec, decode=decoder
         )
     gate_mod.check_size(len(gate_data), request.gate_min_images)
     candidate = scratch / "model_int8.onnx"

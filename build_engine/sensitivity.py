@@ -33,6 +33,7 @@ import numpy as np
 
 from build_engine.errors import CalibrationError, PrecisionError
 from build_engine.progress import bar
+from edge_agent.contract.decode_config import DecodeSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -272,6 +273,7 @@ def load_sensitivity(
     *,
     exclude: set[str],
     spec: PreprocessSpec,
+    decode: DecodeSpec | None = None,
 ) -> LabelledBatch:
     """Up to ``size`` labelled images of ``path`` whose refs are not in ``exclude``.
 
@@ -281,7 +283,8 @@ def load_sensitivity(
     """
     from build_engine.images import _load, _open
 
-    dataset = _open(Path(path), None, "sensitivity", None)
+    # decoded as the model was trained (its DecodeSpec; None: the defaults)
+    dataset = _open(Path(path), None, "sensitivity", (decode or DecodeSpec()).decoder())
     free = np.array(
         [i for i in range(len(dataset)) if dataset.ref(i) not in exclude], dtype=np.int64
     )

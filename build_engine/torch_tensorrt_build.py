@@ -332,7 +332,9 @@ def build_with_torch_tensorrt(
         log(f"engine: {len(data)} bytes, input {io.input_name!r}, output {io.output_name!r}")
         accuracy: AccuracyGate | None = None
         if precision == "fp16" and request.gate_data is not None:
-            gate_data = load_gate_only(request.gate_data, request.gate_size, report.spec)
+            gate_data = load_gate_only(
+                request.gate_data, request.gate_size, report.spec, loaded.decode.decoder()
+            )
             accuracy = gate_mod.evaluate(
                 report.onnx_path,
                 report.onnx_path,
@@ -363,6 +365,7 @@ def build_with_torch_tensorrt(
                 name=report.model_name, classes=official_classes(), parameters=report.parameters
             ),
             preprocess=report.spec,
+            decode=loaded.decode,
             backend="tensorrt",
             precision=precision,
             model_file=PLAN_NAME,

@@ -518,7 +518,12 @@ def calibrate_run(
         )
     model, config = load_model_weights(weights)
     model.to(device)
-    images = open_labelled(data, limit=config.limit, check_conflicts=config.check_conflicts)
+    images = open_labelled(
+        data,
+        limit=config.limit,
+        check_conflicts=config.check_conflicts,
+        decode=config.decode.decoder(),  # the pixels the run was trained on
+    )
     split = load_split(run_dir / SPLIT_NAME, images.labels)
     result = calibrate_model(
         model,

@@ -1,7 +1,7 @@
 """Checkpoints: best weights for export, and the full training state for ``--resume``.
 
 - ``best.safetensors``: the best epoch's state dict; its metadata holds the resolved training
-  config under ``galaxy_edge_config`` (with the preprocessing spec the model was trained for),
+  config under ``galaxy_edge_config`` (with the preprocessing and decoding specs the model was trained for),
   so the file alone is enough to rebuild the model. ``best.safetensors.sha256`` records its hash
   (:mod:`training.weights`); every reader verifies it first.
 - ``last.pt``: model, optimizer, scheduler, grad scaler, early-stopping state, history and RNG
@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.manifest import Calibration, TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
 from training.config import TrainConfig, config_from_json, config_to_json
@@ -44,6 +45,7 @@ class ExportableModel:
     provenance: TrainingProvenance
     config: TrainConfig
     spec: PreprocessSpec  # the eval transform the model was trained with
+    decode: DecodeSpec  # how its image files became pixels (stretch, FITS HDU/bands)
     calibration: Calibration | None = None  # temperature scaling (training/calibration.py)
 
 
@@ -184,5 +186,6 @@ def load_for_export(path: Path) -> ExportableModel:
         provenance=read_provenance(weights, config, sha256),
         config=config,
         spec=config.spec,
+        decode=config.decode,
         calibration=read_calibration(weights),
     )

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"galaxy-train {__version__}")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,evaluate,calibrate,qat}"
+        dest="command", required=True, metavar="{train,evaluate,calibrate,qat,crossval,compare}"
     )
 
     t = sub.add_parser(
@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the inference transform (input_size, crop, scale, offset...; see "
         "edge_agent.contract.preprocess); default: centre square, x / 127.5 - 1. It travels "
         "with the model into the ONNX file and the bundle",
+    )
+    t.add_argument(
+        "--decode-spec",
+        type=_spec_file,
+        metavar="DECODE.json",
+        help='how image files become pixels: {"stretch": {"method": "asinh"|"linear"|'
+        '"percentile", "low_percentile", "high_percentile", "asinh_a"}, "fits": '
+        '{"hdu", "bands"}} (see edge_agent.contract.decode_config; default asinh 0.5-99.5, '
+        "first image HDU). It travels with the model into the bundle; the agent decodes the same",
+    )
+    t.add_argument(
+        "--stretch",
+        choices=["asinh", "linear", "percentile"],
+        help="shorthand for the decode spec's stretch.method of 16-bit and float data (asinh)",
     )
     t.add_argument("--lr", type=float, help="initial learning rate (default 0.002)")
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
@@ -164,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     from training.qat import add_parser as add_qat
 
     add_qat(sub, epilog)
+    from training.crossval import add_parser as add_crossval
+
+    add_crossval(sub, epilog)
+    from training.compare_models import add_parser as add_compare
+
+    add_compare(sub, epilog)
     return parser
 
 
@@ -184,6 +204,15 @@ def train_config_values(args: argparse.Namespace) -> dict[str, Any]:
         size = args.preprocess_spec.get("input_size")
         if "image_size" not in values and isinstance(size, int):
             values["image_size"] = size
+    if args.decode_spec is not None or args.stretch is not None:
+        decode = dict(args.decode_spec or {})
+        if args.stretch is not None:
+            stretch = decode.get("stretch")
+            decode["stretch"] = {
+                **(stretch if isinstance(stretch, dict) else {}),
+                "method": args.stretch,
+            }
+        values["decode"] = decode
     values["out"] = str(args.out)
     return values
 
@@ -281,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
             from training.qat import run as run_qat
 
             return run_qat(args)
+        if args.command == "crossval":
+            from training.crossval import run as run_crossval
+
+            return run_crossval(args)
+        if args.command == "compare":
+            from training.compare_models import run as run_compare
+
+            return run_compare(args)
         return run_evaluate(args)
     except GalaxyEdgeError as exc:
         print(f"galaxy-train: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
 from training.errors import UsageError
 from training.recipe_config import DistillConfig, RegulariseConfig, SurveyAugmentConfig
@@ -103,6 +104,12 @@ class TrainConfig(_Strict):
     )
     preprocess: PreprocessSpec | None = Field(
         None, description="the eval transform; resolved from image_size when absent"
+    )
+    decode: DecodeSpec = Field(
+        default=DecodeSpec(),
+        description="how image files become pixels (stretch of 16-bit/float data, FITS HDU and "
+        "bands); travels with the model to the bundle, and the agent decodes the same way. "
+        "Runs saved before it existed decoded with these defaults",
     )
 
     @model_validator(mode="after")

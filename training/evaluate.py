@@ -145,7 +145,9 @@ def evaluate_checkpoint(
     model, config = load_model_weights(weights)
     device = device or torch.device("cpu")
     model.to(device)
-    images = open_labelled(data, limit=limit, check_conflicts=config.check_conflicts)
+    images = open_labelled(
+        data, limit=limit, check_conflicts=config.check_conflicts, decode=config.decode.decoder()
+    )
     indices = np.arange(len(images))
     if part != "all":
         indices = load_split(weights.parent / SPLIT_NAME, images.labels).part(part)

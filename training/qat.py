@@ -47,6 +47,7 @@ META_MODEL_NAME = "galaxy_edge.model_name"
 META_PROVENANCE = "galaxy_edge.training_provenance"
 META_PARAMETERS = "galaxy_edge.parameters"
 META_PREPROCESS = "galaxy_edge.preprocess"
+META_DECODE = "galaxy_edge.decode"
 META_QAT = "galaxy_edge.qat"
 OPSET = 17
 
@@ -229,7 +230,7 @@ def run_qat(opts: QatOptions, echo: Echo = print) -> QatReport:
         Path(opts.checkpoint) if Path(opts.checkpoint).is_dir() else Path(opts.checkpoint).parent
     )
     try:
-        images = open_labelled(opts.data)
+        images = open_labelled(opts.data, decode=source.decode.decoder())  # the run's pixels
     except GalaxyEdgeError as exc:
         raise UsageError(f"--data {opts.data}: {exc}") from exc
     split = load_split(run_dir / SPLIT_NAME, images.labels)  # the run's own split, checked
@@ -330,6 +331,7 @@ def run_qat(opts: QatOptions, echo: Echo = print) -> QatReport:
         META_PROVENANCE: source.provenance.model_dump_json(),
         META_PARAMETERS: str(sum(p.numel() for p in source.model.parameters())),
         META_PREPROCESS: spec.model_dump_json(),
+        META_DECODE: source.decode.model_dump_json(),
         META_QAT: json.dumps(qat_meta, sort_keys=True),
     }
     try:

@@ -206,7 +206,12 @@ def _run(
     model = create_model(
         config.model, config.num_classes, config.pretrained, config.drop_rate, **config.model_kwargs
     )
-    images = open_labelled(config.data, limit=config.limit, check_conflicts=config.check_conflicts)
+    images = open_labelled(
+        config.data,
+        limit=config.limit,
+        check_conflicts=config.check_conflicts,
+        decode=config.decode.decoder(),  # the pixels the model's bundle will decode too
+    )
     split = given_split or _prepare_split(config, images, run_dir, resume)
     if runtime.is_main:
         save_config(config, run_dir)

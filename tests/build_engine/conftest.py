@@ -35,6 +35,7 @@ def tiny_torch_model():
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Path:
     from build_engine.export import export_module, write_metadata
+    from edge_agent.contract.decode_config import DecodeSpec
     from edge_agent.contract.manifest import TrainingProvenance
 
     path = tmp_path_factory.mktemp("tiny-onnx") / "mobilevit_xxs.onnx"
@@ -45,6 +46,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Pat
         TrainingProvenance(dataset="synthetic", split_seed=1),
         report.parameters,
         TINY_SPEC,
+        DecodeSpec(),
     )
     return path
 
