@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -29,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ REPORT_ENV = "FAULTS_REPORT"
 # Small on purpose: the duplicate bounds the suite asserts are multiples of these.
 MAX_IN_FLIGHT = 16
 MAX_BATCH = 8
+# The console script of the interpreter running the tests (the project's venv), else on PATH.
 EDGE_AGENT = Path(sys.executable).with_name("edge-agent")
+if not EDGE_AGENT.exists():
+    EDGE_AGENT = Path(shutil.which("edge-agent") or EDGE_AGENT)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
@@ -319,7 +323,6 @@ class Tally:
     messages: int  # every classification message received, duplicates included
     lost: int
     duplicates: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def tally(consumer: Consumer, names: Iterable[str]) -> Tally:
