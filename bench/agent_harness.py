@@ -124,6 +124,7 @@ class AgentProcess:
         threads: int | None = None,
         spinning: bool | None = None,
         mqtt_frames: bool = False,
+        streams: int | None = None,
     ) -> None:
         self.work = work
         self.inbox = work / "inbox"
@@ -136,6 +137,8 @@ class AgentProcess:
             pipeline["intra_op_threads"] = threads
         if spinning is not None:
             pipeline["intra_op_spinning"] = spinning
+        if streams is not None:
+            pipeline["inference_streams"] = streams
         sources: list[dict[str, Any]] = [
             {"uri": f"dir://{self.inbox}", "name": "inbox", "queue_size": 64}
         ]

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,22 @@ def _ort_runners(onnx: Path, threads: int) -> dict[str, Callable[[list[np.ndarra
                 s.run(None, {n: b})
 
         runners[label] = run
+    # Parts of each batch at once, one thread each: what pipeline.inference_streams does.
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads // 2)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    part_session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+    pool = ThreadPoolExecutor(2)
+
+    def run_parts(batches: list[np.ndarray], s: Any = part_session) -> None:
+        n = s.get_inputs()[0].name
+        for b in batches:
+            futures = [pool.submit(s.run, None, {n: p}) for p in np.array_split(b, 2)]
+            for f in futures:
+                f.result()
+
+    runners["ORT 2 streams (batch in 2 parts)"] = run_parts
     return runners
 
 
@@ -189,6 +206,7 @@ def measure(
         max_wait_ms=args.max_wait,
         threads=args.agent_threads,
         spinning=args.agent_spinning,
+        streams=args.agent_streams,
     )
     sub = Subscriber(port)
     rows = []
@@ -290,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="pipeline.intra_op_spinning (default: the agent's default)",
     )
+    parser.add_argument(
+        "--agent-streams", type=int, default=None, help="pipeline.inference_streams (default unset)"
+    )
     parser.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
     parser.add_argument("--openvino-precision", choices=["fp32", "bf16", "int8"], default="bf16")
     parser.add_argument("--work", type=Path, default=Path("/tmp/galaxy-edge-bench"))
@@ -324,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{art.model_name} (models/demo), {args.frames} real 256x256 JPEGs per round, "
         f"{args.rounds} rounds, batch {args.batch}, max_wait_ms {args.max_wait:g}, bare on "
         f"{args.threads} threads, agent threads "
-        f"{args.agent_threads or 'default'}, spinning {args.agent_spinning if args.agent_spinning is not None else 'default'}; "
+        f"{args.agent_threads or 'default'}, streams {args.agent_streams or 'default'}, spinning {args.agent_spinning if args.agent_spinning is not None else 'default'}; "
         f"{os.cpu_count()} CPUs; through mosquitto, measured at a subscriber; started "
         f"{started}, load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after"
     )

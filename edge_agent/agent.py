@@ -53,6 +53,7 @@ def load_backend(config: AgentConfig) -> tuple[Manifest, Backend]:
         use_cuda=p.onnxruntime_cuda,
         intra_op_threads=p.intra_op_threads,
         spinning=p.intra_op_spinning,
+        streams=p.inference_streams,
     )
     backend.warmup()
     return manifest, backend

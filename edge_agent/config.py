@@ -200,6 +200,14 @@ class PipelineConfig(_Strict):
     intra_op_spinning: bool = Field(
         False, description="ONNX Runtime workers busy-wait (faster only on otherwise idle cores)"
     )
+    inference_streams: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="CPU backends (ONNX Runtime, OpenVINO): a batch of two or more frames is split "
+        "into this many parts run at once, each on its share of the threads; a lone frame runs on "
+        "all threads (docs/benchmarks.md measures it)",
+    )
     ready_queue: int = Field(32, ge=1, le=10_000, description="decoded frames waiting to batch")
     poison_after_attempts: int = Field(
         2,

@@ -19,6 +19,7 @@ def create_backend(
     use_cuda: bool = False,
     intra_op_threads: int | None = None,
     spinning: bool = False,
+    streams: int = 1,
 ) -> Backend:
     """Load the bundle's model in the backend it was built for.
 
@@ -39,11 +40,12 @@ def create_backend(
             use_cuda=use_cuda,
             intra_op_threads=intra_op_threads,
             spinning=spinning,
+            streams=streams,
         )
     if manifest.backend == "openvino":
         from edge_agent.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(bundle_dir, manifest, threads=intra_op_threads)
+        return OpenVinoBackend(bundle_dir, manifest, threads=intra_op_threads, streams=streams)
     try:
         from edge_agent.backends import tensorrt_backend
     except ImportError as exc:

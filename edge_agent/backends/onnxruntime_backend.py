@@ -3,12 +3,22 @@
 Preprocessing stays on the CPU reference (the base class); the model's input type decides
 whether the batch is fed as float32 or float16. A model exported with a fixed batch size is
 padded up to it and the padding's outputs dropped, so partial batches still run.
+
+Streams (``pipeline.inference_streams``): with ``streams`` > 1 a batch of at least two frames
+is split into ``streams`` parts that run at the same time, each on its own share of the threads
+(a second session, ``intra_op_threads // streams`` threads each). On a small CPU this beats one
+run over all threads: no worker waits for another between the model's many small operators,
+and a worker preempted by the agent's decoding thread delays only its own part. A lone frame
+still runs on all threads (the first session), for latency. bench/bench_agent.py measures both.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +39,7 @@ class OnnxRuntimeBackend(Backend):
         use_cuda: bool = False,
         intra_op_threads: int | None = None,
         spinning: bool = False,
+        streams: int = 1,
     ) -> None:
         super().__init__(bundle_dir, manifest)
         import onnxruntime as ort  # the runtime's heaviest import: only when this backend is used
@@ -72,6 +83,21 @@ class OnnxRuntimeBackend(Backend):
         batch_dim = spec.shape[0] if spec.shape else None
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self.providers = self.session.get_providers()
+        # Parts of a batch run at once on a session with a share of the threads (see above);
+        # not with a fixed batch size (each part would be padded to it) nor on CUDA.
+        self.streams = streams if self.fixed_batch is None and not use_cuda else 1
+        self._stream_session: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        if self.streams > 1:
+            total = intra_op_threads or os.cpu_count() or 1
+            part = ort.SessionOptions()
+            part.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            part.intra_op_num_threads = max(1, total // self.streams)
+            part.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._stream_session = ort.InferenceSession(
+                str(path), sess_options=part, providers=providers
+            )
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="ort-stream")
 
     @property
     def max_batch(self) -> int:
@@ -89,7 +115,27 @@ class OnnxRuntimeBackend(Backend):
             pad = np.zeros((self.fixed_batch - n, *feed.shape[1:]), dtype=feed.dtype)
             feed = np.concatenate([feed, pad])
         try:
-            out = self.session.run([self.manifest.output_name], {self.manifest.input_name: feed})[0]
+            if self._pool is not None and n >= 2:
+                parts = np.array_split(feed, min(self.streams, n))
+                futures = [self._pool.submit(self._run, self._stream_session, p) for p in parts]
+                out = np.concatenate([f.result() for f in futures])
+            else:
+                out = self._run(self.session, feed)
         except Exception as exc:  # see above: ORT's errors have no common Python base
             raise BackendError(f"ONNX Runtime failed on a batch of {n}: {exc}") from exc
         return np.asarray(out[:n], dtype=np.float32)
+
+    def _run(self, session: Any, feed: np.ndarray) -> np.ndarray:
+        out = session.run([self.manifest.output_name], {self.manifest.input_name: feed})[0]
+        return np.asarray(out)
+
+    def warmup(self) -> None:
+        """A lone frame, and a batch for every stream (each session pays its set-up now)."""
+        s = self.manifest.preprocess.input_size
+        for n in (1, self.streams) if self.streams > 1 else (1,):
+            self.infer(np.zeros((n, 3, s, s), dtype=np.float32))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

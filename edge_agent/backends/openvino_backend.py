@@ -7,7 +7,11 @@ after checking that this host has the OpenVINO version and instruction sets it w
 
 Threads: one synchronous infer request with ``INFERENCE_NUM_THREADS`` threads (default: all
 cores) and CPU pinning off, so the agent's decoding thread shares a small CPU fairly with
-inference instead of being starved by pinned busy workers.
+inference instead of being starved by pinned busy workers. With ``streams`` > 1
+(``pipeline.inference_streams``) the compiled model is imported a second time with that many
+CPU streams (the threads shared among them) and a batch of at least two frames is split into
+``streams`` parts run at once on their own infer requests, as OpenVINO's THROUGHPUT mode does;
+a lone frame still runs on all threads, for latency.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ def compile_config(info_precision: str, threads: int | None) -> dict[str, Any]:
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, *, threads: int | None = None) -> None:
+    def __init__(
+        self, bundle_dir: Path, manifest: Manifest, *, threads: int | None = None, streams: int = 1
+    ) -> None:
         super().__init__(bundle_dir, manifest)
         if manifest.backend != "openvino" or manifest.openvino is None:
             raise BackendError(f"{bundle_dir}: a {manifest.backend} bundle, not an openvino one")
@@ -80,6 +86,22 @@ class OpenVinoBackend(Backend):
             )
         self.request = self.compiled.create_infer_request()
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.streams = streams
+        self._parts: list[Any] = []
+        if streams > 1:
+            config = {
+                **compile_config(info.inference_precision, self.threads),
+                "PERFORMANCE_HINT": "THROUGHPUT",
+                "NUM_STREAMS": streams,
+            }
+            try:
+                parted = core.import_model(io.BytesIO(path.read_bytes()), info.device, config)
+            except Exception as exc:
+                raise BackendError(
+                    f"{path}: OpenVINO cannot import the compiled model with {streams} streams "
+                    f"({exc}); set pipeline.inference_streams: 1"
+                ) from exc
+            self._parts = [parted.create_infer_request() for _ in range(streams)]
         log.info(
             "openvino %s on %s: %s inference precision, %d threads",
             host.version,
@@ -96,12 +118,30 @@ class OpenVinoBackend(Backend):
             parts = [self.infer(batch[i : i + self.max_batch]) for i in range(0, n, self.max_batch)]
             return np.concatenate(parts)
         feed = np.ascontiguousarray(batch, dtype=np.float32)
+        name = self.manifest.input_name
         try:
-            out = self.request.infer({self.manifest.input_name: feed})
+            if self._parts and n >= 2:
+                parts = np.array_split(feed, min(len(self._parts), n))
+                requests = self._parts[: len(parts)]
+                for request, part in zip(requests, parts, strict=True):
+                    request.start_async({name: part})
+                outs = []
+                for request in requests:
+                    request.wait()
+                    outs.append(np.array(request.get_tensor(self.manifest.output_name).data))
+                return np.concatenate(outs).astype(np.float32, copy=False)
+            out = self.request.infer({name: feed})
         except Exception as exc:  # see above
             raise BackendError(f"OpenVINO failed on a batch of {n}: {exc}") from exc
         return np.asarray(out[self.compiled.output(self.manifest.output_name)], dtype=np.float32)
 
+    def warmup(self) -> None:
+        """A lone frame, and a batch for every stream (each request pays its set-up now)."""
+        s = self.manifest.preprocess.input_size
+        for n in (1, self.streams) if self.streams > 1 else (1,):
+            self.infer(np.zeros((n, 3, s, s), dtype=np.float32))
+
     def close(self) -> None:
         self.request = None
         self.compiled = None
+        self._parts = []

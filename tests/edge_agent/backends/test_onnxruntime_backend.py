@@ -55,3 +55,29 @@ def test_unloadable_model(tmp_path: Path) -> None:
     (tmp_path / "b" / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(BackendError, match="cannot load"):
         create_backend(tmp_path / "b", read_manifest(tmp_path / "b"))
+
+
+def test_streams_split_a_batch_into_parts_run_at_once(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pipeline.inference_streams: same logits; a lone frame on the all-threads session."""
+    manifest = load_bundle(tiny_bundle)
+    one = create_backend(tiny_bundle, manifest, intra_op_threads=2)
+    two = create_backend(tiny_bundle, manifest, intra_op_threads=2, streams=2)
+    assert isinstance(two, OnnxRuntimeBackend) and two.streams == 2
+    runs: list[tuple[str, int]] = []
+    real = two._run
+
+    def spy(session: object, feed: np.ndarray) -> np.ndarray:
+        runs.append(("all" if session is two.session else "part", len(feed)))
+        return real(session, feed)
+
+    monkeypatch.setattr(two, "_run", spy)
+    x = np.random.default_rng(2).uniform(-1, 1, (5, 3, 256, 256)).astype(np.float32)
+    np.testing.assert_allclose(two.infer(x), one.infer(x), rtol=1e-5, atol=1e-5)
+    assert sorted(runs) == [("part", 2), ("part", 3)]
+    runs.clear()
+    np.testing.assert_allclose(two.infer(x[:1]), one.infer(x[:1]), rtol=1e-5, atol=1e-5)
+    assert runs == [("all", 1)]
+    two.warmup()
+    two.close()

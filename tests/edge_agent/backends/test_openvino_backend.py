@@ -114,3 +114,18 @@ def test_openvino_info_round_trips_in_the_manifest() -> None:
         compiled_file="model.ov.blob",
     )  # fmt: skip
     assert OpenVinoInfo.model_validate(info.model_dump()) == info
+
+
+def test_streams_split_a_batch_and_give_the_same_logits(tmp_path: Path) -> None:
+    """pipeline.inference_streams: parts of a batch on their own infer requests, same answers."""
+    from edge_agent.backends.factory import create_backend
+
+    bundle, _ = _openvino_bundle(tmp_path)
+    one = create_backend(bundle, load_bundle(bundle), intra_op_threads=2)
+    two = create_backend(bundle, load_bundle(bundle), intra_op_threads=2, streams=2)
+    assert two.streams == 2 and len(two._parts) == 2  # type: ignore[attr-defined]
+    x = np.random.default_rng(3).uniform(-1, 1, (5, 3, 256, 256)).astype(np.float32)
+    np.testing.assert_allclose(two.infer(x), one.infer(x), atol=1e-4)
+    np.testing.assert_allclose(two.infer(x[:1]), one.infer(x[:1]), atol=1e-4)
+    two.warmup()
+    two.close()
