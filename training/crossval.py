@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from training.errors import TrainingError, UsageError
 from training.split import Split, labels_fingerprint, make_split
@@ -136,8 +137,8 @@ class Comparison:
 
 
 def compare_paired(
-    baseline: Sequence[float],
-    variant: Sequence[float],
+    baseline: ArrayLike,
+    variant: ArrayLike,
     test_share: float,
     *,
     names: tuple[str, str] = (BASELINE, "variant"),
@@ -300,6 +301,15 @@ def format_report(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_model_name(name: str, variant: str) -> None:
+    import timm
+
+    from training.errors import ModelError
+
+    if not timm.is_model(name):
+        raise ModelError(f"variant {variant}: unknown timm model {name!r}")
+
+
 def run_crossval(
     base: dict[str, Any],
     variants: Sequence[Variant],
@@ -317,8 +327,9 @@ def run_crossval(
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise UsageError(f"variant names must differ: {', '.join(names)}")
-    for v in variants:  # every config validated before hours of training
-        make_config(deep_merge(base, v.overrides) | {"out": str(out / v.name)}, f"variant {v.name}")
+    for v in variants:  # every config and model name validated before hours of training
+        values = deep_merge(base, v.overrides) | {"out": str(out / v.name)}
+        check_model_name(make_config(values, f"variant {v.name}").model, v.name)
     first = make_config(deep_merge(base, variants[0].overrides) | {"out": str(out)})
     images = open_labelled(
         first.data,
