@@ -31,12 +31,14 @@ from fault_kit import (
     small_pngs,
     wait_until,
 )
+from jsonschema import Draft202012Validator
 from mqtt_broker import MosquittoBroker
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.payloads import ERROR_REASONS
+from edge_agent.schemas import closed_schema, load_schema
 
 # Resident memory the agent may reach while it eats the corpus. Its baseline here is about
 # 180 MiB (Python, NumPy, OpenCV, ONNX Runtime, astropy, paho); the largest input the limits
@@ -169,6 +171,15 @@ def test_hostile_corpus_is_rejected_and_good_frames_classified(
     assert not (good_names & rejected), sorted(good_names & rejected)
     assert not (bad_names & classified), sorted(bad_names & classified)
     assert all(b["reason"] in ERROR_REASONS and b["detail"] for b in errors), errors
+    # What went over the wire for these inputs is what the schemas promise, field for field.
+    for kind, topic_name in (("error", "errors"), ("classification", "classifications")):
+        validator = Draft202012Validator(
+            closed_schema(load_schema(kind)), format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
+        off = [
+            (b, e.message) for b in consumer.bodies(topic_name) for e in validator.iter_errors(b)
+        ]
+        assert not off, off[:3]
     assert mib(agent.peak_rss) < RSS_BOUND_MIB, mib(agent.peak_rss)
 
 
