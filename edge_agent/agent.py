@@ -22,7 +22,8 @@ from typing import Any
 from edge_agent import payloads, sd_notify
 from edge_agent.backends.base import Backend
 from edge_agent.backends.factory import create_backend
-from edge_agent.config import AgentConfig, SourceConfig, load_config
+from edge_agent.config import AgentConfig, ConfigError, SourceConfig, load_config
+from edge_agent.contract.decode_config import DecodeConfig, DecodeSpecMismatch
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.contract.manifest import Manifest, load_bundle
 from edge_agent.ledger import Ledger
@@ -42,9 +43,23 @@ class AgentError(GalaxyEdgeError):
     """The agent cannot start or its pipeline died."""
 
 
+def decode_for(config: AgentConfig, manifest: Manifest) -> DecodeConfig:
+    """The decoder's settings: this host's limits, the bundle's pixels (its ``decode`` spec).
+
+    Raises :class:`ConfigError` (one line) when the config's ``decode.stretch`` or
+    ``decode.fits`` is given and differs from what the bundle's model was trained with.
+    """
+    try:
+        return config.decode.resolve(manifest.decode, f"the bundle {config.bundle}")
+    except DecodeSpecMismatch as exc:
+        raise ConfigError([str(exc)]) from exc
+
+
 def load_backend(config: AgentConfig) -> tuple[Manifest, Backend]:
-    """Verify the bundle (hashes, device) and load it in its backend, warmed up."""
+    """Verify the bundle (hashes, device, decoding spec against the config) and load it in its
+    backend, warmed up."""
     manifest = load_bundle(config.bundle)
+    decode_for(config, manifest)  # before the slow load: a contradiction is a config error
     p = config.pipeline
     backend = create_backend(
         config.bundle,

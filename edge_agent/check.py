@@ -166,6 +166,9 @@ def check_report(config_path: Path, *, broker: bool = True) -> CheckReport:
     try:
         _, backend = load_backend(config)
         backend.close()
+    except ConfigError as exc:  # decode.stretch/fits contradict what the bundle's model needs
+        problems.extend(exc.problems)
+        report.config = True
     except GalaxyEdgeError as exc:
         problems.append(f"bundle {config.bundle}: {exc}")
         report.bundle = True

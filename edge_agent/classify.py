@@ -23,9 +23,9 @@ import numpy as np
 from edge_agent import payloads
 from edge_agent.backends.base import Backend
 from edge_agent.backends.factory import create_backend
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.contract.decode import DecodeError, decode_bytes
-from edge_agent.contract.decode_config import DecodeConfig
+from edge_agent.contract.decode_config import DecodeConfig, DecodeSettings, DecodeSpecMismatch
 from edge_agent.contract.manifest import Manifest, load_bundle
 from edge_agent.contract.preprocess import preprocess_batch
 from edge_agent.fields.settings import FieldsConfig
@@ -55,6 +55,13 @@ class OneShot:
     ) -> None:
         self.progress = progress
         self.manifest: Manifest = load_bundle(bundle)
+        settings = config.decode if config is not None else DecodeSettings()
+        try:  # the bundle's pixels; a config that contradicts them is refused
+            self.decode: DecodeConfig = settings.resolve(
+                self.manifest.decode, f"the bundle {bundle}"
+            )
+        except DecodeSpecMismatch as exc:
+            raise ConfigError([str(exc)]) from exc
         pipeline = config.pipeline if config is not None else None
         self.backend: Backend = create_backend(
             bundle,
@@ -62,7 +69,6 @@ class OneShot:
             pipeline.backend if pipeline is not None else "auto",
             intra_op_threads=pipeline.intra_op_threads if pipeline is not None else None,
         )
-        self.decode: DecodeConfig = config.decode if config is not None else DecodeConfig()
         self.fields: FieldsConfig = config.fields if config is not None else FieldsConfig()
         self.device_id = config.device_id if config is not None else DEVICE_ID
         self.uncertain_below = pipeline.uncertain_below if pipeline is not None else 0.5

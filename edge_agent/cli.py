@@ -108,6 +108,9 @@ def _classify(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return exit_codes.INVALID_BUNDLE
+    except ConfigError as exc:  # the config's decode settings contradict the bundle's
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
     except GalaxyEdgeError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return exit_codes.FAILURE

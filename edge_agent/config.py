@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, ImageFormat
+from edge_agent.contract.decode_config import ALL_FORMATS, DecodeSettings, ImageFormat
 from edge_agent.contract.errors import GalaxyEdgeError
 from edge_agent.fields.settings import FieldsConfig
 
@@ -225,7 +225,11 @@ class AgentConfig(_Strict):
     bundle: Path
     sources: list[SourceConfig] = Field(min_length=1)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    decode: DecodeSettings = Field(
+        default_factory=DecodeSettings,
+        description="this host's input limits; the pixels (stretch, FITS HDU/bands) follow the "
+        "bundle, and decode.stretch/decode.fits, when given, must match it",
+    )
     fields: FieldsConfig = Field(
         default_factory=FieldsConfig,
         description="wide fields (sources in mode fields): detection, filters, framing, colour",

@@ -26,7 +26,7 @@ from edge_agent.backends.base import Backend, BackendError
 from edge_agent.batcher import Batcher
 from edge_agent.config import AgentConfig, PipelineConfig
 from edge_agent.contract.decode import DecodeError, decode_bytes
-from edge_agent.contract.decode_config import ALL_FORMATS
+from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, DecodeSpec
 from edge_agent.contract.errors import PreprocessError
 from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
 from edge_agent.fields.stage import run_field, share_done
@@ -58,6 +58,7 @@ class Prepared:
     preprocess_s: float
     ready_mono: float = field(default_factory=time.perf_counter)
     cutout: dict[str, Any] | None = None  # a wide field's galaxy: its place (payload "cutout")
+    decoded_with: DecodeSpec | None = None  # the spec its bytes were decoded with (None: no bytes)
 
 
 def resolve_preprocess_device(backend: Backend, setting: str) -> PreprocessDevice:
@@ -125,6 +126,8 @@ class Pipeline:
         self._preprocess_device = resolve_preprocess_device(backend, self.pcfg.preprocess_device)
         self.gpu_pre = self._preprocess_device == "cuda"
         self.spec = backend.manifest.preprocess
+        # The bundle's pixels within this host's limits (checked against the config at load).
+        self.decode: DecodeConfig = config.decode.resolve(backend.manifest.decode)
         self.max_batch = max(1, min(self.pcfg.max_batch, backend.max_batch))
         manifest = backend.manifest
         self.model_name = manifest.model.name
@@ -276,7 +279,7 @@ class Pipeline:
         if frame.source in self.field_sources:
             return self._prepare_field(frame)
         t0 = time.perf_counter()
-        dcfg = self.config.decode
+        dcfg = self.decode  # once: a reload may swap it meanwhile (then run_batch decodes again)
         formats = frame.formats or ALL_FORMATS
         try:
             data = frame.data
@@ -314,7 +317,15 @@ class Pipeline:
             self._log_unexpected(frame, exc)
             self.reject(frame, DECODE_FAILED, f"{type(exc).__name__}: {exc}")
             return None
-        return Prepared(frame, image, tensor, None if self.gpu_pre else spec, t1 - t0, t2 - t1)
+        return Prepared(
+            frame,
+            image,
+            tensor,
+            None if self.gpu_pre else spec,
+            t1 - t0,
+            t2 - t1,
+            decoded_with=None if frame.image is not None else dcfg.spec,
+        )
 
     def _prepare_field(self, frame: Frame) -> list[Prepared] | None:
         """A wide field (``sources[].mode: fields``): its ``frame_summary`` and problems go to
@@ -327,7 +338,7 @@ class Pipeline:
                 raise DecodeError("unsupported", "a wide field is a FITS file, not a camera image")
             run = run_field(
                 data,
-                decode=self.config.decode,
+                decode=self.decode,
                 fields=self.config.fields,
                 input_size=self.spec.input_size,
                 device_id=self.device_id,
@@ -503,7 +514,43 @@ class Pipeline:
         thumb_topic = payloads.thumbnail_topic(prefix, self.device_id, result_id)
         return PendingMessage(thumb_topic, jpeg, self.qos, f"{result_id}/thumbnail")
 
+    def _redecode_stale(self, batch: list[Prepared]) -> list[Prepared]:
+        """Frames decoded before a reload changed the bundle's decoding spec, decoded again
+        with the new one (a 16-bit or FITS frame stretched otherwise is another image); one that
+        can no longer be read or decoded is rejected like any bad input."""
+        spec = self.decode.spec
+        kept: list[Prepared] = []
+        for p in batch:
+            if p.decoded_with is None or p.decoded_with == spec:
+                kept.append(p)
+                continue
+            f = p.frame
+            try:
+                data = f.data
+                if data is None and f.path is not None:
+                    data = read_regular_file(f.path, self.decode.max_bytes)
+                if data is None:
+                    raise DecodeError("corrupt", "frame without data")
+                p.image = decode_bytes(data, self.decode, f.formats or ALL_FORMATS)
+            except NotRegularFileError as exc:
+                self.reject(f, exc.reason, str(exc), movable=not exc.is_directory)
+                continue
+            except DecodeError as exc:
+                self.reject(f, exc.reason, str(exc))
+                continue
+            except OSError as exc:  # vanished since: nothing to quarantine
+                log.warning("%s: %s: cannot read again (%s); skipped", f.source, f.frame_ref, exc)
+                self.stats.error()
+                f.done()
+                continue
+            p.decoded_with, p.tensor, p.spec = spec, None, None
+            kept.append(p)
+        return kept
+
     def run_batch(self, batch: list[Prepared]) -> None:
+        batch = self._redecode_stale(batch)
+        if not batch:
+            return
         start = time.perf_counter()
         pre_s = 0.0
         if self.gpu_pre:

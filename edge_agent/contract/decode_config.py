@@ -169,14 +169,15 @@ class DecodeSettings(DecodeLimits):
                 continue
             ours, model = mine.model_dump(), theirs.model_dump()
             diffs = ", ".join(
-                f"decode.{name}.{key} is {ours[key]!r} here but {model[key]!r} in {origin}"
+                f"decode.{name}.{key} is {ours[key]!r} in the agent config but {model[key]!r} "
+                f"in {origin}"
                 for key in ours
                 if ours[key] != model[key]
             )
             raise DecodeSpecMismatch(
-                f"{diffs}: the model was trained on pixels decoded the bundle's way; remove "
-                f"decode.{name} from the agent config to use the bundle's, or deploy a model "
-                "trained with these settings (galaxy-train --stretch/--fits-*)"
+                f"{diffs}, which its model was trained with; remove decode.{name} from the "
+                "agent config to decode as the bundle says, or deploy a model trained with these "
+                "settings (galaxy-train train --decode-spec)"
             )
         limits = self.model_dump(include=set(DecodeLimits.model_fields))
         return DecodeConfig(**limits, stretch=spec.stretch, fits=spec.fits)

@@ -29,7 +29,8 @@ def test_good_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.sources[0].policy == "block"
     assert cfg.sources[1].policy == "drop_oldest"  # a live camera
     assert cfg.sources[1].display_name == "sky"
-    assert cfg.pipeline.backend == "auto" and cfg.decode.stretch.method == "asinh"
+    assert cfg.pipeline.backend == "auto"
+    assert cfg.decode.stretch is None and cfg.decode.fits is None  # the bundle's pixels
 
 
 def test_unknown_key_names_path_and_line(tmp_path: Path) -> None:
