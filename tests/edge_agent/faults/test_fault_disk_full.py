@@ -160,6 +160,12 @@ def test_full_outbox_disk_back_pressure_then_recovery(
             "duplicates_while_full": partial.duplicates,
             "delivered_while_full": partial.results_out,
             "errors_messages": len(consumer.bodies("errors")),
+            # Reported, not asserted: stats go out only while connected, and the outbox may be
+            # writable again before the first stats after the broker's return
+            # (tests/edge_agent/test_agent_full_disk.py asserts the field itself).
+            "stats_with_outbox_full": sum(
+                1 for b in consumer.bodies("stats") if b.get("outbox", {}).get("full")
+            ),
             "log_while_full": [line.replace(str(tmp_path), "TMP") for line in _full_lines(agent)][
                 :3
             ],
