@@ -5,7 +5,7 @@ The outbox lives on a small tmpfs of its own (the rest of the agent's state else
 kernel answers ENOSPC exactly as a full SD card would. Mounting needs privileges:
 
 * as root (CI runs as root), a tmpfs is mounted for the test (tests/small_filesystem.py);
-* otherwise the agent is started in a user and mount namespace of its own
+* otherwise (not root, or root without CAP_SYS_ADMIN as in a container) the agent is started in a user and mount namespace of its own
   (``unshare --user --map-root-user --mount``) where it mounts the tmpfs itself, and the test
   reaches that file system through ``/proc/PID/root``: still the kernel's real ENOSPC,
   no privileges needed where unprivileged user namespaces are allowed;
@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +74,20 @@ def _userns_works() -> str | None:
 
 @contextmanager
 def small_disk(where: Path) -> Iterator[SmallDisk]:
+    refused = "not root"
     if os.geteuid() == 0 and os.environ.get("FAULTS_DISK") != "userns":
-        with small_filesystem(where, DISK_BYTES) as path:
-            yield SmallDisk(path, [], "tmpfs mounted by the test (root)")
-        return
+        with ExitStack() as stack:
+            try:
+                path = stack.enter_context(small_filesystem(where, DISK_BYTES))
+            except pytest.skip.Exception as exc:  # root without CAP_SYS_ADMIN (a container)
+                refused = str(exc)
+            else:
+                yield SmallDisk(path, [], "tmpfs mounted by the test (root)")
+                return
     why = _userns_works()
     if why is not None:
         pytest.skip(
-            f"cannot mount a tmpfs: not root, and no user namespace ({why}); "
+            f"cannot mount a tmpfs ({refused}) and no user namespace ({why}); "
             "the outbox's SQLITE_FULL handling is covered by tests/edge_agent/test_outbox.py"
         )
     where.mkdir(parents=True, exist_ok=True)
