@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,14 +189,18 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def fold_values(base: dict[str, Any], variant: Variant, fold: Fold, out: Path) -> dict[str, Any]:
     """The config values of one variant on one fold: its own run directory and init seed, and
-    '{fold}' in teacher paths replaced by the fold's name."""
+    '{fold}' and '{out}' in teacher paths replaced by the fold's name and ``out``, so a variant
+    distils from an earlier variant's run on the same fold (which never saw its test part)."""
     values = deep_merge(base, variant.overrides)
     values["out"] = str(out / variant.name / fold.name)
     values["seed"] = int(values.get("seed", 42)) + 1000 * fold.repeat + fold.index
     distill = values.get("distill")
     if isinstance(distill, dict) and distill.get("teachers"):
         distill = dict(distill)
-        distill["teachers"] = [str(t).replace("{fold}", fold.name) for t in distill["teachers"]]
+        distill["teachers"] = [
+            str(t).replace("{fold}", fold.name).replace("{out}", str(out))
+            for t in distill["teachers"]
+        ]
         values["distill"] = distill
     return values
 
@@ -212,9 +217,18 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_fold(
-    values: dict[str, Any], fold: Fold, labels: np.ndarray, folds: int, echo: Echo
-) -> dict[str, Any]:
-    """Train one variant on one fold (or reuse its finished run); returns its test figures."""
+    values: dict[str, Any],
+    fold: Fold,
+    labels: np.ndarray,
+    folds: int,
+    echo: Echo,
+    *,
+    train_missing: bool = True,
+) -> dict[str, Any] | None:
+    """Train one variant on one fold (or reuse its finished run); returns its test figures.
+
+    With ``train_missing`` False an unfinished fold is left alone (None).
+    """
     from training.config import make_config
     from training.train import train
 
@@ -222,6 +236,8 @@ def run_fold(
     run_dir = Path(config.out)
     metrics = _finished(run_dir)
     began = time.perf_counter()
+    if metrics is None and not train_missing:
+        return None
     if metrics is None:
         resume = (run_dir / "last.pt").is_file()
         split = fold.split(labels, config.seed, config.val_fraction, folds)
@@ -318,15 +334,23 @@ def run_crossval(
     folds: int = 5,
     repeats: int = 1,
     seed: int = 0,
+    only: Sequence[str] = (),
     echo: Echo = print,
 ) -> dict[str, Any]:
-    """Train every variant on every fold (fold by fold, so partial results stay paired)."""
+    """Train every variant on every fold (fold by fold, so partial results stay paired).
+
+    ``only``: train just these variants and report the others' finished folds, so several
+    processes (one per variant, sharing ``out``) can fill one comparison side by side.
+    """
     from edge_agent.contract.labelled_data import open_labelled
     from training.config import make_config
 
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise UsageError(f"variant names must differ: {', '.join(names)}")
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise UsageError(f"--only {', '.join(unknown)}: no such variant ({', '.join(names)})")
     for v in variants:  # every config and model name validated before hours of training
         values = deep_merge(base, v.overrides) | {"out": str(out / v.name)}
         check_model_name(make_config(values, f"variant {v.name}").model, v.name)
@@ -345,7 +369,10 @@ def run_crossval(
     for fold in plan:
         for v in variants:
             values = fold_values(base, v, fold, out)
-            row = run_fold(values, fold, labels, folds, lambda _: None)
+            train_it = not only or v.name in only
+            row = run_fold(values, fold, labels, folds, lambda _: None, train_missing=train_it)
+            if row is None:
+                continue
             results[v.name][fold.name] = row
             echo(
                 f"{v.name} {fold.name}: accuracy {row['accuracy']:.3f}, macro-F1 "
@@ -362,10 +389,17 @@ def run_crossval(
             "runs": results,
             **summarise(results, folds, variants[0].name),
         }
-        (out / RESULTS_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        (out / REPORT_NAME).write_text(format_report(doc), encoding="utf-8")
+        _write_atomic(out / RESULTS_NAME, json.dumps(doc, indent=2) + "\n")
+        _write_atomic(out / REPORT_NAME, format_report(doc))
     echo(format_report(doc))
     return doc
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write then rename: processes sharing ``out`` (``--only``) never leave a torn file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def parse_variant(text: str) -> Variant:
@@ -395,6 +429,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="override the base config's epochs")
     p.add_argument("--image-size", type=int, help="override the base config's image_size")
     p.add_argument("--limit", type=int, help="use N images spread evenly over the set")
+    p.add_argument("--workers", type=int, help="DataLoader workers per run (default by device)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.add_argument(
         "--no-progress",
@@ -416,7 +451,7 @@ def base_values(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"{args.config}: a config is a JSON object")
     base.pop("out", None)
     base["data"] = str(args.data)
-    for key in ("epochs", "image_size", "limit", "device", "progress"):
+    for key in ("epochs", "image_size", "limit", "device", "workers", "progress"):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -447,6 +482,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
         help='config overrides on top of the base, e.g. ema=\'{"regularise": {"ema_decay": '
         "0.999}}'; repeat for more",
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="train only this variant (repeatable; 'base' is the base) and report the others' "
+        "finished folds: one process per variant can share --out, then a last call without "
+        "--only writes the full report",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -465,6 +509,7 @@ def run(args: argparse.Namespace) -> int:
             folds=args.folds,
             repeats=args.repeats,
             seed=args.seed,
+            only=args.only,
         )
     except OSError as exc:
         raise TrainingError(f"{args.out}: cannot write the results ({exc})") from exc

@@ -139,7 +139,8 @@ class DistillConfig(_Strict):
     teachers: list[str] = Field(
         default_factory=list,
         description="run directories (or best.safetensors files) of the teachers; their softened "
-        "probabilities are averaged. In crossval, '{fold}' is replaced by the fold's name",
+        "probabilities are averaged. In crossval, '{fold}' and '{out}' are replaced by the fold's "
+        "name and crossval's --out (a teacher variant's run on the same fold)",
     )
     temperature: float = Field(
         default=4.0, gt=0.0, le=20.0, description="softening temperature T of both softmaxes"

@@ -98,13 +98,17 @@ def test_fold_values_give_each_fold_its_dir_seed_and_teachers() -> None:
     fold = Fold(1, 2, np.arange(3), np.arange(3, 4), np.arange(4, 6))
     base = {"data": "d", "seed": 5, "regularise": {"ema_decay": 0.99, "mixup_alpha": 0.2}}
     variant = Variant(
-        "kd", {"regularise": {"mixup_alpha": 0.0}, "distill": {"teachers": ["/t/{fold}"]}}
+        "kd",
+        {
+            "regularise": {"mixup_alpha": 0.0},
+            "distill": {"teachers": ["/t/{fold}", "{out}/big/{fold}"]},
+        },
     )
     values = fold_values(base, variant, fold, Path("/o"))
     assert values["out"] == "/o/kd/r1f2"
     assert values["seed"] == 5 + 1000 + 2
     assert values["regularise"] == {"ema_decay": 0.99, "mixup_alpha": 0.0}  # merged, not replaced
-    assert values["distill"]["teachers"] == ["/t/r1f2"]
+    assert values["distill"]["teachers"] == ["/t/r1f2", "/o/big/r1f2"]
     assert deep_merge({"a": {"b": 1}}, {"a": 2}) == {"a": 2}
 
 
@@ -115,7 +119,14 @@ def test_crossval_runs_every_variant_on_the_same_folds_and_reuses_finished_ones(
     del base["out"]
     out = tmp_path / "cv"
     variants = [Variant("base", {}), Variant("smooth", {"label_smoothing": 0.1})]
+    first = run_crossval(base, variants, out, folds=2, seed=0, only=["base"], echo=lambda _: None)
+    assert set(first["runs"]["base"]) == {"r0f0", "r0f1"} and first["runs"]["smooth"] == {}
+    assert not (out / "smooth").exists()
+    assert {c["verdict"] for c in first["comparisons"]} == {"too few runs"}
     doc = run_crossval(base, variants, out, folds=2, repeats=1, seed=0, echo=lambda _: None)
+    for f in ("r0f0", "r0f1"):  # the base folds were reused, not trained again
+        assert doc["runs"]["base"][f]["accuracy"] == first["runs"]["base"][f]["accuracy"]
+        assert doc["runs"]["base"][f]["seconds"] < 5
     assert set(doc["runs"]["base"]) == set(doc["runs"]["smooth"]) == {"r0f0", "r0f1"}
     tests = []
     for fold in ("r0f0", "r0f1"):
@@ -149,6 +160,9 @@ def test_cli_refuses_a_bad_variant_before_training(
     assert not (tmp_path / "cv" / "base").exists()
     code = main(["crossval", "--data", str(easy_folder), "--out", str(tmp_path), "--variant", "x"])
     assert code == 2
+    code = main(["crossval", "--data", str(easy_folder), "--out", str(tmp_path), "--only", "nope"])
+    assert code == 2
+    assert "--only nope: no such variant" in capsys.readouterr().err
 
 
 def test_parse_variant_reads_json_and_files(tmp_path: Path) -> None:
