@@ -299,7 +299,7 @@ class _Source:
     info: OnnxInfo
     spec: PreprocessSpec
     spec_origin: str
-    decode: DecodeSpec = DEFAULT_DECODE
+    decode: DecodeSpec = field(default_factory=DecodeSpec)
     decode_origin: str = "the defaults"
 
 
