@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.crossval import Variant, add_common, base_values, run_crossval
+from training.crossval import (
+    Variant,
+    add_common,
+    base_values,
+    cli_overrides,
+    run_crossval,
+    variant_values,
+)
 from training.errors import TrainingError, UsageError
 
 Echo = Callable[[str], None]
@@ -182,13 +189,17 @@ def run_compare(
     seed: int,
     threads: int,
     timing_repeats: int = 15,
+    forced: dict[str, Any] | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
     if len(models) < 2:
         raise UsageError("--models: a comparison needs at least two models")
     variants = [Variant(name, {"model": name}) for name in models]
-    crossval = run_crossval(base, variants, out, folds=folds, repeats=repeats, seed=seed, echo=echo)
-    profile = profile_models(models, base, threads=threads, repeats=timing_repeats)
+    crossval = run_crossval(
+        base, variants, out, folds=folds, repeats=repeats, seed=seed, forced=forced, echo=echo
+    )
+    alike = variant_values(base, Variant("", {}), forced)
+    profile = profile_models(models, alike, threads=threads, repeats=timing_repeats)
     doc = {
         "models": list(models),
         "cpu": cpu_name(),
@@ -251,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             threads=args.threads or os.cpu_count() or 1,
             timing_repeats=args.timing_repeats,
+            forced=cli_overrides(args),
         )
     except OSError as exc:
         raise TrainingError(f"{args.out}: cannot write the results ({exc})") from exc

@@ -187,11 +187,28 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fold_values(base: dict[str, Any], variant: Variant, fold: Fold, out: Path) -> dict[str, Any]:
+def variant_values(
+    base: dict[str, Any], variant: Variant, forced: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The base with the variant's overrides, then ``forced`` (the command line's options, which
+    win over the base and every variant)."""
+    values = deep_merge(deep_merge(base, variant.overrides), forced or {})
+    if forced and "image_size" in forced and isinstance(values.get("preprocess"), dict):
+        values["preprocess"] = {**values["preprocess"], "input_size": forced["image_size"]}
+    return values
+
+
+def fold_values(
+    base: dict[str, Any],
+    variant: Variant,
+    fold: Fold,
+    out: Path,
+    forced: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The config values of one variant on one fold: its own run directory and init seed, and
     '{fold}' and '{out}' in teacher paths replaced by the fold's name and ``out``, so a variant
     distils from an earlier variant's run on the same fold (which never saw its test part)."""
-    values = deep_merge(base, variant.overrides)
+    values = variant_values(base, variant, forced)
     values["out"] = str(out / variant.name / fold.name)
     values["seed"] = int(values.get("seed", 42)) + 1000 * fold.repeat + fold.index
     distill = values.get("distill")
@@ -335,6 +352,7 @@ def run_crossval(
     repeats: int = 1,
     seed: int = 0,
     only: Sequence[str] = (),
+    forced: dict[str, Any] | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
     """Train every variant on every fold (fold by fold, so partial results stay paired).
@@ -352,9 +370,9 @@ def run_crossval(
     if unknown:
         raise UsageError(f"--only {', '.join(unknown)}: no such variant ({', '.join(names)})")
     for v in variants:  # every config and model name validated before hours of training
-        values = deep_merge(base, v.overrides) | {"out": str(out / v.name)}
+        values = variant_values(base, v, forced) | {"out": str(out / v.name)}
         check_model_name(make_config(values, f"variant {v.name}").model, v.name)
-    first = make_config(deep_merge(base, variants[0].overrides) | {"out": str(out)})
+    first = make_config(variant_values(base, variants[0], forced) | {"out": str(out)})
     images = open_labelled(
         first.data,
         limit=first.limit,
@@ -368,7 +386,7 @@ def run_crossval(
     doc: dict[str, Any] = {}
     for fold in plan:
         for v in variants:
-            values = fold_values(base, v, fold, out)
+            values = fold_values(base, v, fold, out, forced)
             train_it = not only or v.name in only
             row = run_fold(values, fold, labels, folds, lambda _: None, train_missing=train_it)
             if row is None:
@@ -385,6 +403,7 @@ def run_crossval(
             "repeats": repeats,
             "seed": seed,
             "base": base,
+            "forced": forced or {},
             "variants": {v.name: v.overrides for v in variants},
             "runs": results,
             **summarise(results, folds, variants[0].name),
@@ -426,8 +445,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold (default 5)")
     p.add_argument("--repeats", type=int, default=1, help="reshufflings of the k-fold (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
-    p.add_argument("--epochs", type=int, help="override the base config's epochs")
-    p.add_argument("--image-size", type=int, help="override the base config's image_size")
+    p.add_argument("--epochs", type=int, help="epochs of every run (over the config and variants)")
+    p.add_argument("--image-size", type=int, help="image_size of every run (idem)")
     p.add_argument("--limit", type=int, help="use N images spread evenly over the set")
     p.add_argument("--workers", type=int, help="DataLoader workers per run (default by device)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
@@ -438,6 +457,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="no progress bars",
     )
+
+
+CLI_KEYS = ("epochs", "image_size", "limit", "device", "workers", "progress")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line; they override the base and every variant."""
+    return {k: getattr(args, k) for k in CLI_KEYS if getattr(args, k) is not None}
 
 
 def base_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -451,12 +478,6 @@ def base_values(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"{args.config}: a config is a JSON object")
     base.pop("out", None)
     base["data"] = str(args.data)
-    for key in ("epochs", "image_size", "limit", "device", "workers", "progress"):
-        value = getattr(args, key)
-        if value is not None:
-            base[key] = value
-    if "image_size" in base and isinstance(base.get("preprocess"), dict):
-        base["preprocess"] = {**base["preprocess"], "input_size": base["image_size"]}
     return base
 
 
@@ -510,6 +531,7 @@ def run(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             seed=args.seed,
             only=args.only,
+            forced=cli_overrides(args),
         )
     except OSError as exc:
         raise TrainingError(f"{args.out}: cannot write the results ({exc})") from exc

@@ -110,6 +110,11 @@ def test_fold_values_give_each_fold_its_dir_seed_and_teachers() -> None:
     assert values["regularise"] == {"ema_decay": 0.99, "mixup_alpha": 0.0}  # merged, not replaced
     assert values["distill"]["teachers"] == ["/t/r1f2", "/o/big/r1f2"]
     assert deep_merge({"a": {"b": 1}}, {"a": 2}) == {"a": 2}
+    # Command-line options win over the base and the variant (a full recipe file as a variant).
+    recipe = Variant("full", {"epochs": 200, "image_size": 256, "preprocess": {"input_size": 256}})
+    forced = fold_values(base, recipe, fold, Path("/o"), {"epochs": 3, "image_size": 64})
+    assert forced["epochs"] == 3 and forced["image_size"] == 64
+    assert forced["preprocess"]["input_size"] == 64
 
 
 def test_crossval_runs_every_variant_on_the_same_folds_and_reuses_finished_ones(
