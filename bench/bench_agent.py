@@ -121,6 +121,22 @@ def _ov_runners(
         queue.wait_all()
 
     runners[f"OV THROUGHPUT ({streams} streams, async)"] = run_async
+    # Each batch in two parts on a 2-stream model: what pipeline.inference_streams does.
+    parted = core.compile_model(
+        model,
+        "CPU",
+        {**compile_config(hint, threads), "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2},
+    )
+    parts = [parted.create_infer_request() for _ in range(2)]
+
+    def run_parts(batches: list[np.ndarray]) -> None:
+        for b in batches:
+            for request, p in zip(parts, np.array_split(b, 2), strict=True):
+                request.start_async({0: p})
+            for request in parts:
+                request.wait()
+
+    runners["OV 2 streams (batch in 2 parts)"] = run_parts
     return runners
 
 
@@ -196,6 +212,7 @@ def measure(
     work: Path,
     images: list[Path],
     args: argparse.Namespace,
+    streams: int | None,
 ) -> dict[str, Any]:
     broker, port = start_broker(work / "broker")
     agent = AgentProcess(
@@ -206,7 +223,7 @@ def measure(
         max_wait_ms=args.max_wait,
         threads=args.agent_threads,
         spinning=args.agent_spinning,
-        streams=args.agent_streams,
+        streams=streams,
     )
     sub = Subscriber(port)
     rows = []
@@ -309,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         help="pipeline.intra_op_spinning (default: the agent's default)",
     )
     parser.add_argument(
-        "--agent-streams", type=int, default=None, help="pipeline.inference_streams (default unset)"
+        "--agent-streams",
+        type=int,
+        nargs="*",
+        default=[None],
+        help="pipeline.inference_streams, one agent per value (default: unset, the agent's own)",
     )
     parser.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
     parser.add_argument("--openvino-precision", choices=["fp32", "bf16", "int8"], default="bf16")
@@ -339,13 +360,16 @@ def main(argv: list[str] | None = None) -> int:
                 work / f"bundle-{backend}", onnx, backend, precision=prec, max_batch=args.batch
             )  # type: ignore[arg-type]
             bare = Bare(backend, onnx, hint, images, spec, args.batch, args.threads)
-            results[label] = measure(backend, bundle, bare, work / backend, images, args)
+            for streams in args.agent_streams:
+                shown = label if streams is None else f"{label}, agent with {streams} stream(s)"
+                where = work / f"{backend}-{streams}"
+                results[shown] = measure(backend, bundle, bare, where, images, args, streams)
             del bare
     print(
         f"\n{art.model_name} (models/demo), {args.frames} real 256x256 JPEGs per round, "
         f"{args.rounds} rounds, batch {args.batch}, max_wait_ms {args.max_wait:g}, bare on "
         f"{args.threads} threads, agent threads "
-        f"{args.agent_threads or 'default'}, streams {args.agent_streams or 'default'}, spinning {args.agent_spinning if args.agent_spinning is not None else 'default'}; "
+        f"{args.agent_threads or 'default'}, spinning {args.agent_spinning if args.agent_spinning is not None else 'default'}; "
         f"{os.cpu_count()} CPUs; through mosquitto, measured at a subscriber; started "
         f"{started}, load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after"
     )
