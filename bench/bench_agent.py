@@ -1,6 +1,6 @@
 """The edge agent's throughput against the FASTEST bare configuration of its runtime.
 
-For each backend (ONNX Runtime FP32 and OpenVINO at ``--openvino-precision``, the demo model
+For each backend (ONNX Runtime FP32, OpenVINO FP32 and BF16 by default, the demo model
 ``models/demo`` made the way ``build-engine`` makes it), one run measures on this machine:
 
 * the runtime alone, on already decoded and preprocessed batches of the agent's batch size (no
@@ -20,7 +20,7 @@ For each backend (ONNX Runtime FP32 and OpenVINO at ``--openvino-precision``, th
   SIGTERM to exit.
 
     .venv/bin/python bench/bench_agent.py [--rounds 5] [--frames 64] [--batch 8]
-        [--backends onnxruntime openvino] [--openvino-precision bf16]
+        [--backends onnxruntime openvino:fp32 openvino:bf16] [--agent-streams 1 2]
 """
 
 from __future__ import annotations
@@ -332,8 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[None],
         help="pipeline.inference_streams, one agent per value (default: unset, the agent's own)",
     )
-    parser.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
-    parser.add_argument("--openvino-precision", choices=["fp32", "bf16", "int8"], default="bf16")
+    parser.add_argument(
+        "--backends",
+        nargs="*",
+        default=["onnxruntime", "openvino:fp32", "openvino:bf16"],
+        help="onnxruntime or openvino[:fp32|bf16|int8]",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/galaxy-edge-bench"))
     args = parser.parse_args(argv)
     art = demo_models.prepare(args.work)
@@ -348,22 +352,24 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
-        for backend in args.backends:
-            if backend == "openvino":
-                prec = args.openvino_precision
-                onnx = art.int8_onnx if prec == "int8" else art.fp32_onnx
-                hint = "bf16" if prec == "bf16" else "f32"
-                label = f"OpenVINO {prec.upper()}"
-            else:
-                prec, onnx, hint, label = "fp32", art.fp32_onnx, "f32", "ONNX Runtime FP32"
+        for target in map(demo_models.parse_target, args.backends):
+            onnx = target.onnx(art)
             bundle = demo_models.make_bundle(
-                work / f"bundle-{backend}", onnx, backend, precision=prec, max_batch=args.batch
-            )  # type: ignore[arg-type]
-            bare = Bare(backend, onnx, hint, images, spec, args.batch, args.threads)
+                work / f"bundle-{target.key}",
+                onnx,
+                target.backend,
+                precision=target.precision,
+                max_batch=args.batch,
+            )
+            bare = Bare(target.backend, onnx, target.hint, images, spec, args.batch, args.threads)
             for streams in args.agent_streams:
-                shown = label if streams is None else f"{label}, agent with {streams} stream(s)"
-                where = work / f"{backend}-{streams}"
-                results[shown] = measure(backend, bundle, bare, where, images, args, streams)
+                shown = (
+                    target.label
+                    if streams is None
+                    else f"{target.label}, agent with {streams} stream(s)"
+                )
+                where = work / f"{target.key}-{streams}"
+                results[shown] = measure(target.key, bundle, bare, where, images, args, streams)
             del bare
     print(
         f"\n{art.model_name} (models/demo), {args.frames} real 256x256 JPEGs per round, "

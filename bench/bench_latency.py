@@ -17,10 +17,9 @@ For each backend (ONNX Runtime FP32 and OpenVINO, the demo model) and each batch
 p50 and p99 are over all frames of a kind (with few frames p99 is close to the maximum).
 
     .venv/bin/python bench/bench_latency.py [--frames 30] [--max-wait 0 20 100]
-        [--backends onnxruntime openvino] [--openvino-precision bf16]
+        [--backends onnxruntime openvino:fp32 openvino:bf16]
 
-``--agent-src DIR`` runs the agent from another source tree (e.g. an older commit unpacked
-with ``git archive``), to measure a change. Not a test: it prints markdown tables.
+Not a test: it prints markdown tables.
 """
 
 from __future__ import annotations
@@ -142,6 +141,7 @@ def run_backend(
             max_wait_ms=max_wait,
             threads=args.threads,
             mqtt_frames=args.mqtt,
+            streams=args.agent_streams,
         )
         sub = Subscriber(port)
         try:
@@ -178,8 +178,12 @@ def run_backend(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
-    p.add_argument("--openvino-precision", choices=["fp32", "bf16", "int8"], default="bf16")
+    p.add_argument(
+        "--backends",
+        nargs="*",
+        default=["onnxruntime", "openvino:fp32", "openvino:bf16"],
+        help="onnxruntime or openvino[:fp32|bf16|int8]",
+    )
     p.add_argument("--max-wait", nargs="*", type=float, default=[0.0, 20.0, 100.0])
     p.add_argument("--frames", type=int, default=30, help="lone frames per kind")
     p.add_argument("--interval", type=float, default=0.3, help="s from a result to the next")
@@ -189,10 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all)")
     p.add_argument("--mqtt", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/galaxy-edge-bench"))
-    p.add_argument("--agent-src", type=Path, help="run the agent from this source tree")
+    p.add_argument("--agent-streams", type=int, default=None, help="pipeline.inference_streams")
     args = p.parse_args(argv)
-    if args.agent_src is not None:
-        os.environ["PYTHONPATH"] = f"{args.agent_src.resolve()}:{os.environ.get('PYTHONPATH', '')}"
     art = demo_models.prepare(args.work)
     images = art.heldout_files
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -200,22 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         work = Path(tmp)
-        for backend in args.backends:
-            if backend == "openvino":
-                src = art.int8_onnx if args.openvino_precision == "int8" else art.fp32_onnx
-                bundle = demo_models.make_bundle(
-                    work / "bundle-openvino",
-                    src,
-                    "openvino",
-                    precision=args.openvino_precision,
-                    max_batch=args.batch,
-                )
-                label = f"OpenVINO {args.openvino_precision.upper()}"
-            else:
-                bundle = demo_models.make_bundle(
-                    work / "bundle-ort", art.fp32_onnx, "onnxruntime", max_batch=args.batch
-                )
-                label = "ONNX Runtime FP32"
+        for target in map(demo_models.parse_target, args.backends):
+            bundle = demo_models.make_bundle(
+                work / f"bundle-{target.key}",
+                target.onnx(art),
+                target.backend,
+                precision=target.precision,
+                max_batch=args.batch,
+            )
+            backend, label = target.key, target.label
             for row in run_backend(backend, bundle, work, args, images):
                 row["label"] = label
                 rows.append(row)
@@ -225,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         f"frame), {args.bursts} bursts of {args.burst}, max_batch {args.batch}; through "
         f"mosquitto, measured at a subscriber; started {started}, load average "
         f"{load_before:.2f} before / {os.getloadavg()[0]:.2f} after"
-        + (f"; agent from {args.agent_src}" if args.agent_src else "")
+        + (f"; agent inference_streams {args.agent_streams}" if args.agent_streams else "")
     )
     print(
         "\n| backend | max_wait_ms | lone, folder p50 / p99 ms | lone, MQTT p50 / p99 ms "

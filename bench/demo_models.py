@@ -163,3 +163,36 @@ def make_bundle(
     )
     write_bundle(out, files, manifest)
     return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """A backend and precision to benchmark, from ``onnxruntime`` or ``openvino[:PRECISION]``."""
+
+    backend: Literal["onnxruntime", "openvino"]
+    precision: Literal["fp32", "bf16", "int8"]
+    label: str
+
+    @property
+    def hint(self) -> Hint:
+        return "bf16" if self.precision == "bf16" else "f32"
+
+    def onnx(self, art: DemoArtefacts) -> Path:
+        return art.int8_onnx if self.precision == "int8" else art.fp32_onnx
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+
+def parse_target(text: str) -> Target:
+    """``onnxruntime`` (FP32), ``openvino`` (BF16) or ``openvino:fp32|bf16|int8``."""
+    backend, _, precision = text.partition(":")
+    if backend == "onnxruntime" and precision in ("", "fp32"):
+        return Target("onnxruntime", "fp32", "ONNX Runtime FP32")
+    if backend == "openvino" and precision in ("", "fp32", "bf16", "int8"):
+        p = precision or "bf16"
+        return Target("openvino", p, f"OpenVINO {p.upper()}")  # type: ignore[arg-type]
+    raise SystemExit(
+        f"bench: unknown target {text!r}; use onnxruntime or openvino[:fp32|bf16|int8]"
+    )
