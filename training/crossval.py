@@ -353,12 +353,14 @@ def run_crossval(
     seed: int = 0,
     only: Sequence[str] = (),
     forced: dict[str, Any] | None = None,
+    report_only: bool = False,
     echo: Echo = print,
 ) -> dict[str, Any]:
     """Train every variant on every fold (fold by fold, so partial results stay paired).
 
     ``only``: train just these variants and report the others' finished folds, so several
     processes (one per variant, sharing ``out``) can fill one comparison side by side.
+    ``report_only``: train nothing, report the finished folds.
     """
     from edge_agent.contract.labelled_data import open_labelled
     from training.config import make_config
@@ -387,7 +389,7 @@ def run_crossval(
     for fold in plan:
         for v in variants:
             values = fold_values(base, v, fold, out, forced)
-            train_it = not only or v.name in only
+            train_it = not report_only and (not only or v.name in only)
             row = run_fold(values, fold, labels, folds, lambda _: None, train_missing=train_it)
             if row is None:
                 continue
@@ -509,8 +511,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
         default=[],
         metavar="NAME",
         help="train only this variant (repeatable; 'base' is the base) and report the others' "
-        "finished folds: one process per variant can share --out, then a last call without "
-        "--only writes the full report",
+        "finished folds: one process per variant can share --out, then a last call with "
+        "--report-only writes the full report",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; report the folds that are finished",
     )
 
 
@@ -532,6 +539,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             only=args.only,
             forced=cli_overrides(args),
+            report_only=args.report_only,
         )
     except OSError as exc:
         raise TrainingError(f"{args.out}: cannot write the results ({exc})") from exc

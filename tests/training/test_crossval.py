@@ -142,8 +142,18 @@ def test_crossval_runs_every_variant_on_the_same_folds_and_reuses_finished_ones(
     assert not (tests[0] & tests[1]) and len(tests[0] | tests[1]) == 120
     assert doc["summary"]["base"]["runs"] == 2
     assert {c["metric"] for c in doc["comparisons"]} == {"accuracy", "macro_f1"}
+    finished = json.loads((out / "smooth" / "r0f1" / "metrics.json").read_text())
     report = (out / "crossval.md").read_text()
     assert "| smooth | accuracy | 2 |" in report and "±" in report
+
+    (out / "smooth" / "r0f1" / "metrics.json").unlink()  # as if cut mid-fold
+    partial = run_crossval(
+        base, variants, out, folds=2, seed=0, report_only=True, echo=lambda _: None
+    )
+    assert set(partial["runs"]["smooth"]) == {"r0f0"}
+    assert partial["summary"]["smooth"]["runs"] == 1
+    assert not (out / "smooth" / "r0f1" / "metrics.json").exists()  # not trained again
+    (out / "smooth" / "r0f1" / "metrics.json").write_text(json.dumps(finished))
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished fold was trained again")
