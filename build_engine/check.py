@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build_engine.device import DeviceInfo
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.errors import ManifestError, StaleBundleError
 from edge_agent.contract.manifest import BatchProfile, Manifest, check_device, load_bundle
 from edge_agent.contract.preprocess import PreprocessSpec
@@ -29,6 +30,7 @@ class Wanted:
     dla_core: int | None = None
     accept_fp16_fallback: bool = False
     preprocess: PreprocessSpec | None = None  # an explicit --preprocess-spec
+    decode: DecodeSpec | None = None  # an explicit --decode-spec
 
 
 def _major_minor(version: str) -> str:
@@ -103,6 +105,11 @@ def _wanted_reasons(manifest: Manifest, wanted: Wanted) -> list[str]:
         reasons.append(
             f"bundle preprocessing spec is {manifest.preprocess.model_dump_json()}, wanted "
             f"{wanted.preprocess.model_dump_json()}; rebuild"
+        )
+    if wanted.decode is not None and manifest.decode != wanted.decode:
+        reasons.append(
+            f"bundle decoding spec is {manifest.decode.model_dump_json()}, wanted "
+            f"{wanted.decode.model_dump_json()}; rebuild"
         )
     if wanted.backend and manifest.backend != wanted.backend:
         reasons.append(f"bundle backend is {manifest.backend}, wanted {wanted.backend}")

@@ -339,6 +339,7 @@ def _wanted(request: BuildRequest, device: DeviceInfo) -> Wanted:
         dla_core=request.dla_core,
         accept_fp16_fallback=request.fallback == "fp16",
         preprocess=request.preprocess,
+        decode=request.decode,
     )
 
 
