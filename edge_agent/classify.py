@@ -81,6 +81,8 @@ class OneShot:
             m.model.name, m.files.get(m.model_file, m.source_onnx_sha256), m.precision
         )
         self.spec = m.preprocess
+        # softmax(logits / T) when the bundle is calibrated, as the agent does
+        self.temperature = m.calibration.temperature if m.calibration else None
         self.max_batch = max(1, min(64, self.backend.max_batch))
 
     def close(self) -> None:
@@ -94,7 +96,12 @@ class OneShot:
         for start in range(0, len(images), self.max_batch):
             chunk = images[start : start + self.max_batch]
             logits = self.backend.infer(preprocess_batch(chunk, self.spec))
-            results += classify(logits, uncertain_below=self.uncertain_below, k=self.top_k)
+            results += classify(
+                logits,
+                uncertain_below=self.uncertain_below,
+                k=self.top_k,
+                temperature=self.temperature,
+            )
         return results, time.perf_counter() - t0
 
     def _error(self, frame_ref: str, reason: str, detail: str) -> dict[str, Any]:
