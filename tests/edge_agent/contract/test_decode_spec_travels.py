@@ -5,7 +5,7 @@ from build-engine's gate loader and from the running agent.
 The run is real and small: galaxy-train's own loop (timm's tiny test network, two epochs on
 generated 16-bit PNG and float FITS frames) with ``decode.stretch.method: linear``, then
 ``build-engine --checkpoint`` into an FP16 ONNX Runtime bundle gated on the same files, then the
-agent's pipeline on the bundle. Before the spec travelled, training, the gate and the agent all
+agent's pipeline on the bundle; ``evaluate`` and ``calibrate`` read the same pixels as training. Before the spec travelled, training, the gate and the agent all
 decoded with the defaults (asinh) whatever the run asked; the last assertions show those are
 other tensors.
 """
@@ -181,6 +181,29 @@ def test_a_non_default_stretch_gives_the_same_tensors_in_training_the_gate_and_t
         # Teeth: the defaults every stage used before (asinh) give another tensor.
         before = preprocess_frame(decode_bytes(data, DecodeConfig()), spec, "RGB")
         assert np.abs(before - agent).max() > 0.2, f.name
+
+    # 4. evaluate and calibrate read the run's images with the run's decoding spec too.
+    import edge_agent.contract.labelled_data as labelled_data
+    import training.evaluate as evaluate_module
+    from training.calibration import calibrate_run
+
+    later: list[Any] = []
+
+    def watched_later(*args: Any, **kwargs: Any) -> Any:
+        later.append(real_open(*args, **kwargs))
+        return later[-1]
+
+    monkeypatch.setattr(evaluate_module, "open_labelled", watched_later)
+    monkeypatch.setattr(labelled_data, "open_labelled", watched_later)
+    evaluate_module.evaluate_checkpoint(run_dir, labelled, progress=False, echo=lambda _: None)
+    calibrate_run(
+        run_dir, labelled, device=torch.device("cpu"), progress=False, echo=lambda _: None
+    )
+    assert len(later) == 2
+    for reader in later:
+        for i in range(len(reader)):
+            j = refs.index(reader.ref(i))
+            np.testing.assert_array_equal(reader[i][0], training_set[j][0], err_msg=reader.ref(i))
 
 
 def test_galaxy_train_stretch_option_records_the_decode_spec(tmp_path: Path) -> None:
