@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from training_testkit import tiny_config_values
 
+from training.config import make_config
 from training.recipe_config import RegulariseConfig
 from training.regularise import WeightEma, cut_box, mix_batch, one_hot, soft_cross_entropy
+from training.train import train
 
 
 def _net() -> torch.nn.Sequential:
@@ -132,3 +138,28 @@ def test_soft_cross_entropy_equals_torch_with_label_smoothing() -> None:
     logits, target = torch.randn(6, 10), torch.randint(0, 10, (6,))
     ours = soft_cross_entropy(logits, one_hot(target, 10, 0.1))
     torch.testing.assert_close(ours, F.cross_entropy(logits, target, label_smoothing=0.1))
+
+
+def test_a_run_with_ema_saves_and_resumes_the_average(easy_folder: Path, tmp_path: Path) -> None:
+    quiet = lambda _: None  # noqa: E731
+    ema = {"regularise": {"ema_decay": 0.9}}
+    one = make_config(tiny_config_values(easy_folder, tmp_path / "one", epochs=1, **ema))
+    train(one, echo=quiet)
+    state = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
+    best = load_file(str(tmp_path / "one" / "best.safetensors"))
+    average = state["recipe"]["ema"]["module"]
+    assert state["recipe"]["ema"]["updates"] == 4  # 72 training images, batch 16, drop_last
+    name = next(k for k, v in best.items() if v.dtype.is_floating_point and v.numel() > 100)
+    torch.testing.assert_close(best[name], average[name])  # epoch 1 is the best: its average
+    assert not torch.equal(best[name], state["model"][name])  # not the raw weights
+
+    straight = make_config(tiny_config_values(easy_folder, tmp_path / "a", epochs=2, **ema))
+    train(straight, echo=quiet)
+    first = make_config(tiny_config_values(easy_folder, tmp_path / "b", epochs=1, **ema))
+    train(first, echo=quiet)
+    resumed = make_config(tiny_config_values(easy_folder, tmp_path / "b", epochs=2, **ema))
+    train(resumed, resume=True, echo=quiet)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["recipe"]["ema"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["recipe"]["ema"]
+    assert a["updates"] == b["updates"] == 8
+    torch.testing.assert_close(a["module"][name], b["module"][name])
