@@ -7,8 +7,9 @@ in the config) a ``frame_summary``, one ``classification`` per galaxy with its `
 an ``error`` per problem; an ``error`` for a file that cannot be read. Nothing is quarantined
 (``quarantined_to`` is null). Progress goes to stderr.
 
-``frame_ref`` is the dir source's (``<absolute path>@<mtime in ns>``) so that results match
-those of an agent watching the same files: same device, file and model, same ``id``.
+``frame_ref`` is the dir source's (``<absolute path>@<mtime in ns>``), and a file inside the
+folder of one of the config's ``dir://`` sources is named by that source (else ``classify``),
+so that results match those of an agent watching the same files: same ``id``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ class OneShot:
         # softmax(logits / T) when the bundle is calibrated, as the agent does
         self.temperature = m.calibration.temperature if m.calibration else None
         self.max_batch = max(1, min(64, self.backend.max_batch))
+        self.folders = [
+            (Path(sc.uri.split("://", 1)[1]).resolve(), sc.display_name)
+            for sc in (config.sources if config is not None else [])
+            if sc.scheme == "dir"
+        ]
+
+    def source_of(self, path: Path) -> str:
+        """The name of the config's dir:// source whose folder holds ``path``, else classify."""
+        where = path.resolve().parent
+        for folder, name in self.folders:
+            if where == folder or folder in where.parents:
+                return name
+        return SOURCE_NAME
 
     def close(self) -> None:
         self.backend.close()
@@ -104,10 +118,10 @@ class OneShot:
             )
         return results, time.perf_counter() - t0
 
-    def _error(self, frame_ref: str, reason: str, detail: str) -> dict[str, Any]:
+    def _error(self, source: str, frame_ref: str, reason: str, detail: str) -> dict[str, Any]:
         return payloads.error_payload(
             device_id=self.device_id,
-            source=SOURCE_NAME,
+            source=source,
             frame_ref=frame_ref,
             reason=reason,
             detail=detail,
@@ -119,36 +133,38 @@ class OneShot:
 
     def run(self, path: Path) -> Iterator[dict[str, Any]]:
         """The payloads of one file (raises OSError when it vanished or cannot be read)."""
-        frame_ref = frame_ref_of(path)
+        frame_ref, source = frame_ref_of(path), self.source_of(path)
         received = time.time()
         try:
             if self.fields_mode:
-                yield from self._field(path, frame_ref, received)
+                yield from self._field(path, source, frame_ref, received)
             else:
-                yield from self._stamp(path, frame_ref, received)
+                yield from self._stamp(path, source, frame_ref, received)
         except NotRegularFileError as exc:
-            yield self._error(frame_ref, exc.reason, str(exc))
+            yield self._error(source, frame_ref, exc.reason, str(exc))
         except DecodeError as exc:
-            yield self._error(frame_ref, exc.reason, str(exc))
+            yield self._error(source, frame_ref, exc.reason, str(exc))
 
     def run_bands(self, paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
         """Three band files (g, r, z) of one exposure, as one wide field named by the first."""
-        frame_ref = frame_ref_of(paths[0])
+        frame_ref, source = frame_ref_of(paths[0]), self.source_of(paths[0])
         try:
-            yield from self._field(list(paths), frame_ref, time.time())
+            yield from self._field(list(paths), source, frame_ref, time.time())
         except NotRegularFileError as exc:
-            yield self._error(frame_ref, exc.reason, str(exc))
+            yield self._error(source, frame_ref, exc.reason, str(exc))
         except DecodeError as exc:
-            yield self._error(frame_ref, exc.reason, str(exc))
+            yield self._error(source, frame_ref, exc.reason, str(exc))
 
-    def _stamp(self, path: Path, frame_ref: str, received: float) -> Iterator[dict[str, Any]]:
+    def _stamp(
+        self, path: Path, source: str, frame_ref: str, received: float
+    ) -> Iterator[dict[str, Any]]:
         t0 = time.perf_counter()
         image = decode_bytes(read_regular_file(path, self.decode.max_bytes), self.decode)
         decode_s = time.perf_counter() - t0
         (result,), infer_s = self._classify([image])
         yield payloads.classification_payload(
             device_id=self.device_id,
-            source=SOURCE_NAME,
+            source=source,
             frame_ref=frame_ref,
             received_at=received,
             classified_at=time.time(),
@@ -158,15 +174,15 @@ class OneShot:
         )
 
     def _field(
-        self, source: Path | list[Path], frame_ref: str, received: float
+        self, data: Path | list[Path], source: str, frame_ref: str, received: float
     ) -> Iterator[dict[str, Any]]:
         run = run_field(
-            source,
+            data,
             decode=self.decode,
             fields=self.fields,
             input_size=self.spec.input_size,
             device_id=self.device_id,
-            source_name=SOURCE_NAME,
+            source_name=source,
             frame_ref=frame_ref,
             received=received,
         )
@@ -185,7 +201,7 @@ class OneShot:
         for cutout, result in zip(run.cutouts, results, strict=True):
             yield payloads.classification_payload(
                 device_id=self.device_id,
-                source=SOURCE_NAME,
+                source=source,
                 frame_ref=frame_ref,
                 received_at=received,
                 classified_at=now,

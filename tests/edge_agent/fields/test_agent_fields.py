@@ -15,6 +15,8 @@ from agent_testkit import RunningAgent, agent_config, drop_file, write_config
 from jsonschema import Draft202012Validator
 from mqtt_broker import Collector, MosquittoBroker
 
+from edge_agent.classify import OneShot
+from edge_agent.config import load_config
 from edge_agent.fields.synthetic import make_field, model_galaxy, write_fits
 from edge_agent.schemas import closed_schema, load_schema
 
@@ -88,6 +90,21 @@ def test_wide_fields_through_the_agent_to_mqtt(
     }
     broken = next(e for e in errors if e["reason"] == "truncated")
     assert broken["quarantined_to"] and Path(broken["quarantined_to"]).is_file()
+    # edge-agent classify on the same files with the same config prints the same objects.
+    oneshot = OneShot(tiny_bundle, load_config(cfg))
+    try:
+        printed = [b for name in ("wide.fits", "empty.fits") for b in oneshot.run(inbox / name)]
+    finally:
+        oneshot.close()
+    published = [*summaries.values(), *results, *errors]
+    by_id = {b["id"]: b for b in published if "broken.fits" not in b["frame_ref"]}  # quarantined
+    assert {b["id"] for b in printed} == set(by_id)
+    for body in printed:
+        wire = by_id[body["id"]]
+        assert body["type"] == wire["type"] and body["frame_ref"] == wire["frame_ref"]
+        if body["type"] == "classification":
+            assert body["cutout"] == wire["cutout"] and body["class_id"] == wire["class_id"]
+            assert body["probabilities"] == pytest.approx(wire["probabilities"], abs=1e-5)
     # Every frame is done in the ledger once its cut-outs are stored: nothing left to replay.
     with sqlite3.connect(tmp_path / "state" / "ledger.sqlite3") as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
