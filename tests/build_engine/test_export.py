@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,12 @@ from build_engine.export import (
     read_metadata,
     run_onnx,
 )
+from edge_agent.contract.decode_config import DecodeSpec, StretchConfig
 from edge_agent.contract.manifest import Calibration, TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
 
 NON_DEFAULT_SPEC = PreprocessSpec(input_size=64, crop="none", scale=1 / 255, offset=0.0)
+NON_DEFAULT_DECODE = DecodeSpec(stretch=StretchConfig(method="percentile", low_percentile=2.0))
 
 
 def test_export_at_256_matches_pytorch_with_dynamic_batch(tiny_torch_model, tmp_path: Path) -> None:
@@ -107,6 +109,7 @@ class _Loaded:
     provenance: TrainingProvenance
     spec: PreprocessSpec = NON_DEFAULT_SPEC
     calibration: Calibration | None = None
+    decode: DecodeSpec = field(default_factory=lambda: NON_DEFAULT_DECODE)
 
 
 def _fake_training(monkeypatch: pytest.MonkeyPatch, loaded: _Loaded) -> None:
@@ -134,6 +137,7 @@ def test_export_checkpoint_records_name_provenance_and_spec(
     assert len(meta.provenance.checkpoint_sha256) == 64
     assert meta.parameters == report.parameters and meta.parameters > 0
     assert meta.spec == NON_DEFAULT_SPEC == report.spec
+    assert meta.decode == NON_DEFAULT_DECODE == report.decode
     assert len(steps) == EXPORT_STEPS  # one progress step per stage
 
 
@@ -142,6 +146,7 @@ def test_onnx_without_metadata_has_no_spec(tiny_torch_model, tmp_path: Path) -> 
     export_module(tiny_torch_model, path, input_size=64)
     meta = read_metadata(load_onnx(path))
     assert meta.spec is None and meta.model_name == "unknown"
+    assert meta.decode is None  # exported before the decoding spec travelled: the defaults
 
 
 def test_a_corrupt_spec_in_the_metadata_is_an_error(tiny_onnx: Path, tmp_path: Path) -> None:
