@@ -68,8 +68,9 @@ def saturation_level(header: Any) -> float | None:
 
 
 def _check_header(
-    header: Any, name: str, file_size: int, offset: int, config: DecodeConfig
+    header: Any, name: str, file_size: int, offset: int | None, config: DecodeConfig
 ) -> tuple[int, ...]:
+    """The image's shape (NumPy order) after the size checks; ``offset`` None: compressed."""
     naxis = int(header.get("NAXIS", 0))
     dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
     if naxis == 0 or any(d <= 0 for d in dims):
@@ -89,7 +90,7 @@ def _check_header(
             f"{name}: FITS cube of {planes} planes; set decode.fits.bands to 1 or 3 of them",
         )
     nbytes = pixels * planes * abs(int(header.get("BITPIX", 8))) // 8
-    if offset + nbytes > file_size:
+    if offset is not None and offset + nbytes > file_size:
         raise DecodeError(
             "truncated",
             f"{name}: header promises {nbytes} bytes of data, the file holds "
@@ -138,6 +139,8 @@ def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tupl
 
 
 def _choose_hdu(hdus: Any, name: str, size: int, config: DecodeConfig) -> tuple[Any, Any]:
+    from astropy.io import fits
+
     index = 0
     while True:
         try:
@@ -146,7 +149,10 @@ def _choose_hdu(hdus: Any, name: str, size: int, config: DecodeConfig) -> tuple[
             break
         if config.fits.hdu is None or index == config.fits.hdu:
             header = hdu.header
-            offset = int(hdus.fileinfo(index)["datLoc"])
+            # A tile-compressed HDU (.fits.fz) holds fewer bytes than its image: astropy checks
+            # its tiles while decompressing (a short one is corrupt).
+            compressed = isinstance(hdu, fits.CompImageHDU)
+            offset = None if compressed else int(hdus.fileinfo(index)["datLoc"])
             dims = _check_header(header, name, size, offset, config)
             if dims and getattr(hdu, "is_image", True):
                 # a copy now: astropy drops BZERO/BSCALE from the header once it scales the data

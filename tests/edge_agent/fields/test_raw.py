@@ -83,3 +83,17 @@ def test_a_file_over_the_byte_limit_is_refused_unread(tmp_path: Path) -> None:
     with pytest.raises(DecodeError) as err:
         read_field(path, DecodeConfig(), FieldsConfig(max_file_bytes=2880 * 3))
     assert err.value.reason == "oversized"
+
+
+def test_tile_compressed_fits_reads_and_a_cut_one_is_corrupt(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).normal(1000, 10, (300, 400)).astype(np.float32)
+    path = tmp_path / "frame.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data)]).writeto(path)
+    raw = read_fits(path, DecodeConfig())
+    np.testing.assert_allclose(raw.data[0], data, atol=1.0)  # float tiles are quantised
+    with pytest.raises(DecodeError) as err:
+        read_fits(path.read_bytes()[:-2880], DecodeConfig())
+    assert err.value.reason == "corrupt"
+    with pytest.raises(DecodeError) as err:
+        read_fits(path, DecodeConfig(max_pixels=100_000))  # the image's size, not the tiles'
+    assert err.value.reason == "oversized"
