@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from field_testkit import Galaxy, nearest
 
 from edge_agent.backends.factory import create_backend
@@ -21,6 +22,8 @@ from edge_agent.fields.process import process_field
 from edge_agent.fields.raw import read_fits
 from edge_agent.fields.settings import FieldsConfig
 from edge_agent.fields.synthetic import ADU_PER_FLUX, SyntheticField, write_fits
+
+pytestmark = pytest.mark.slow  # seconds per frame on a shared CPU
 
 
 def predict(bundle: Path, images: list[np.ndarray]) -> np.ndarray:

@@ -21,6 +21,8 @@ from edge_agent.fields.raw import read_fits
 from edge_agent.fields.settings import FieldsConfig
 from edge_agent.fields.synthetic import SyntheticField, make_field, write_fits
 
+pytestmark = pytest.mark.slow  # seconds per frame on a shared CPU
+
 
 def run(field: SyntheticField, tmp_path: Path, kind: str) -> FieldOutcome:
     path = write_fits(field, tmp_path / f"field-{kind}.fits", kind)  # type: ignore[arg-type]
