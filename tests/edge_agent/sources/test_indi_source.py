@@ -152,12 +152,15 @@ class _Client:
 
     def __init__(self, port: int) -> None:
         self.props: dict[tuple[str, str], IndiElement] = {}
+        self.values: dict[tuple[str, str], dict[str, str]] = {}  # latest, defs and sets merged
         self.conn = IndiConnection("127.0.0.1", port, self._on, max_blob_bytes=MB)
         self.conn.send(b'<getProperties version="1.7"/>\n')
 
     def _on(self, element: IndiElement) -> None:
         if element.tag.startswith("def"):
             self.props[(element.device, element.name)] = element
+        if element.tag[:3] in ("def", "set"):
+            self.values.setdefault((element.device, element.name), {}).update(element.values())
 
     def pump_until(self, predicate: object, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -232,6 +235,8 @@ def test_directory_mode_serves_our_own_frame_pixel_for_pixel(
     client.connect_devices()
     client.send(new_vector("Text", CCD, "CCD_DIRECTORY_LOCATION", [("LOCATION", str(folder))]))
     client.send(new_vector("Switch", CCD, "CCD_DIRECTORY_TOGGLE", [("INDI_ENABLED", "On")]))
+    toggle = (CCD, "CCD_DIRECTORY_TOGGLE")
+    assert client.pump_until(lambda: client.values[toggle].get("INDI_ENABLED") == "On", 60)
     hub = FrameHub()
     source = _source(indi, IndiSourceConfig(exposure_s=0.1), hub)
     source.start()
