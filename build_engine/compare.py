@@ -26,12 +26,14 @@ from build_engine.errors import BuildEngineError, UsageError
 from build_engine.options import positive, spec_file
 from edge_agent import __version__
 from edge_agent.contract import exit_codes
+from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.errors import GalaxyEdgeError, ManifestError
 from edge_agent.contract.preprocess import PreprocessSpec, preprocess_batch
 
 
 class Runner(Protocol):
     name: str
+    decode: DecodeSpec  # how the model's image files become pixels
 
     def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 H x W x 3 RGB frames -> N x C float32 logits."""
@@ -48,7 +50,9 @@ class OnnxFileRunner:
 
         model = load_onnx(path)
         info = describe_onnx(model, str(path))
-        recorded = read_metadata(model, str(path)).spec
+        meta = read_metadata(model, str(path))
+        recorded = meta.spec
+        self.decode = meta.decode or DecodeSpec()  # absent: exported when all used the defaults
         chosen = recorded or spec
         if chosen is None:
             raise UsageError(
@@ -81,6 +85,7 @@ class BundleRunner:
 
         manifest = load_bundle(bundle_dir)
         self.name = f"{bundle_dir} ({manifest.backend} {manifest.precision})"
+        self.decode = manifest.decode
         self.backend = create_backend(bundle_dir, manifest)
         self.max_batch = self.backend.max_batch
 
@@ -150,10 +155,11 @@ def random_frames(count: int, seed: int = 0) -> list[np.ndarray]:
     ]
 
 
-def labelled_frames(path: Path, count: int) -> list[np.ndarray]:
+def labelled_frames(path: Path, count: int, decode: DecodeSpec | None = None) -> list[np.ndarray]:
+    """Up to ``count`` images of a labelled set, decoded with ``decode`` (the models' spec)."""
     from edge_agent.contract.labelled_data import open_labelled
 
-    dataset = open_labelled(path, limit=count)
+    dataset = open_labelled(path, limit=count, decode=(decode or DecodeSpec()).decoder())
     return [dataset[i][0] for i in range(len(dataset))]
 
 
@@ -196,8 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = open_runner(args.a, args.preprocess_spec)
         b = open_runner(args.b, args.preprocess_spec)
+        if args.images and a.decode != b.decode:
+            raise UsageError(
+                f"{a.name} and {b.name} decode image files differently ({a.decode.model_dump_json()}"
+                f" vs {b.decode.model_dump_json()}): the same file is other pixels for each; "
+                "compare them on random frames (leave out --images)"
+            )
         frames = (
-            labelled_frames(args.images, args.count) if args.images else random_frames(args.count)
+            labelled_frames(args.images, args.count, a.decode)
+            if args.images
+            else random_frames(args.count)
         )
         result = compare(a, b, frames, batch=args.batch)
     except GalaxyEdgeError as exc:

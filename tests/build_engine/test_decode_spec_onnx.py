@@ -106,3 +106,25 @@ def test_decode_spec_is_refused_with_a_checkpoint(
     given = _decode_json(tmp_path, LINEAR)
     rc, err = _run(capsys, "--checkpoint", run, "--out", tmp_path / "b", "--decode-spec", given)
     assert rc == EXIT_USAGE and "a checkpoint carries the decoding spec" in err
+
+
+def test_compare_decodes_labelled_images_as_the_models_do(
+    linear_onnx: Path, tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+    import numpy as np
+
+    from build_engine.compare import labelled_frames
+    from build_engine.compare import main as compare_main
+    from edge_agent.contract.decode import decode_file
+
+    (tmp_path / "merging").mkdir()
+    deep = tmp_path / "merging" / "deep.png"
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(deep), (300 + 30 * rng.random((20, 30))).astype(np.uint16))
+    (frame,) = labelled_frames(tmp_path, 1, LINEAR)
+    np.testing.assert_array_equal(frame, decode_file(deep, LINEAR.decoder()))
+    assert compare_main([str(linear_onnx), str(linear_onnx), "--images", str(tmp_path)]) == 0
+    capsys.readouterr()
+    rc = compare_main([str(linear_onnx), str(tiny_onnx), "--images", str(tmp_path)])
+    assert rc == EXIT_USAGE and "decode image files differently" in capsys.readouterr().err
