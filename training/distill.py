@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edge_agent.contract.decode_config import DecodeSpec
 from training.checkpoint import load_model_weights, resolve_weights
 from training.errors import UsageError
 from training.recipe_config import DistillConfig
@@ -96,8 +97,12 @@ def load_teachers(
     labels: np.ndarray | None = None,
     test: np.ndarray | None = None,
     echo: Echo = print,
+    decode: DecodeSpec | None = None,
 ) -> TeacherEnsemble:
     """Verify and load the teachers of ``config`` onto ``device``, in eval mode and frozen.
+
+    ``decode``: the student's decoding spec; a teacher trained on files decoded otherwise (another
+    stretch of deep data, FITS HDU or bands) saw other pixels and is refused.
 
     ``spec_fields``: the student's preprocessing spec without ``input_size``; a teacher trained
     on another transform (scale, offset, crop) would see other inputs and is refused.
@@ -112,6 +117,12 @@ def load_teachers(
             raise UsageError(
                 f"{name}: teacher was trained for another input transform ({theirs}); "
                 "distil only from runs with the student's preprocessing spec"
+            )
+        if decode is not None and teacher_config.decode != decode:
+            raise UsageError(
+                f"{name}: teacher was trained on files decoded otherwise "
+                f"({teacher_config.decode.model_dump_json()}); distil only from runs with the "
+                "student's decoding spec"
             )
         if teacher_config.num_classes != num_classes:
             raise UsageError(

@@ -46,6 +46,7 @@ class Recipe:
                 config.distill,
                 input_size=config.image_size,
                 spec_fields=config.spec.model_dump(exclude={"input_size"}),
+                decode=config.decode,
                 num_classes=config.num_classes,
                 device=device,
                 labels=labels,
