@@ -364,8 +364,11 @@ def open_labelled(
 ) -> LabelledImages:
     """Open a labelled set by what ``path`` is: an ``.h5`` file, a ``.csv`` file or a folder.
 
-    Image files are decoded as the agent decodes them, with ``decode`` (default: the agent's
-    defaults); the h5 holds decoded 8-bit pixels already.
+    Image files are decoded as the agent decodes them, with ``decode``: a model's
+    :class:`~edge_agent.contract.decode_config.DecodeSpec` within limits
+    (``config.decode.decoder()``), so a run reads the pixels its bundle will (default: the
+    default spec, which runs made before the spec travelled used); the h5 holds decoded 8-bit
+    pixels already.
 
     ``limit`` keeps that many items spread evenly over the set (for smoke runs and calibration).
     ``check_conflicts`` reads every image once to find pixel-identical images with different
