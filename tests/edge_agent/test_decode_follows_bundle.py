@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from agent_testkit import agent_config, make_bundle, write_config
+from agent_testkit import RunningAgent, agent_config, make_bundle, write_config
 from astropy.io import fits
+from mqtt_broker import MosquittoBroker
 from pipeline_testkit import FolderPipeline
 
 from edge_agent import pipeline as pipeline_module
@@ -216,3 +217,24 @@ def test_a_reload_follows_the_new_bundles_decoding_spec(
     assert len(after_swap) == 2  # the queued frame once more, then the new file
     for image in after_swap:
         np.testing.assert_array_equal(image, linear_way)
+
+
+@pytest.mark.mqtt
+def test_sighup_to_a_bundle_decoded_otherwise_follows_it_or_refuses_a_contradicting_config(
+    tmp_path: Path, tiny_bundle: Path, linear_bundle: Path, mosquitto: MosquittoBroker
+) -> None:
+    raw = agent_config(tmp_path, tiny_bundle, mosquitto)
+    cfg = write_config(tmp_path / "agent.yaml", raw)
+    with RunningAgent(cfg) as agent:
+        assert agent.pipeline.decode.spec == DecodeSpec()
+        # The new bundle's model was trained on linearly stretched pixels; the config insists
+        # on asinh: refused, the agent keeps running the old bundle.
+        write_config(
+            cfg, {**raw, "bundle": str(linear_bundle), "decode": {"stretch": {"method": "asinh"}}}
+        )
+        assert agent.reload() is False
+        assert agent.config.bundle == tiny_bundle
+        # Without the contradiction the reload goes through and decodes as the new bundle says.
+        write_config(cfg, {**raw, "bundle": str(linear_bundle)})
+        assert agent.reload() is True
+        assert agent.pipeline.decode.spec == LINEAR
