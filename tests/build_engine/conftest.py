@@ -124,3 +124,16 @@ def no_leftovers(tmp_path: Path) -> Iterator[Path]:
 def make_manifest():
     """:func:`manifest_for`: a minimal valid manifest, fields overridable."""
     return manifest_for
+
+
+@pytest.fixture
+def host_without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build-engine's CLI on this host, minus OpenVINO: tests of the ONNX Runtime path must not
+    have ``auto`` pick OpenVINO on an Intel CPU where the extra is installed
+    (tests/build_engine/test_openvino_build.py covers that choice)."""
+    import dataclasses
+
+    from build_engine.device import probe
+
+    host = dataclasses.replace(probe(), openvino_version=None, intel_cpu=False)
+    monkeypatch.setattr("build_engine.cli.probe", lambda: host)

@@ -3,7 +3,6 @@ gate, and one-line errors that leave nothing behind."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import types
 import warnings
@@ -20,20 +19,15 @@ from build_engine.pipeline import TRT_NOTICE
 from build_engine.quantize import QuantizeReport
 from edge_agent.contract.manifest import load_bundle, sha256_file
 
-HOST = probe()
-HAS_TRT = HOST.tensorrt_version is not None
+HAS_TRT = probe().tensorrt_version is not None
 FAST_INT8 = ["--quantizer", "onnxruntime", "--calibration-method", "max"]
 # The tiny labelled sets here are far below the gate's default minimum of 200 images; these
 # tests exercise the plumbing, tests/build_engine/test_gate.py the gate's statistics.
 SMALL_GATE = ["--gate-min-images", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _host_without_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests are about the ONNX Runtime path, so ``auto`` must not pick OpenVINO on an
-    Intel host where the extra is installed (tests/build_engine/test_openvino_build.py)."""
-    host = dataclasses.replace(HOST, openvino_version=None, intel_cpu=False)
-    monkeypatch.setattr("build_engine.cli.probe", lambda: host)
+# These tests are about the ONNX Runtime path (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("host_without_openvino")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

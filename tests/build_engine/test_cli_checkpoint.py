@@ -16,6 +16,8 @@ from edge_agent.contract.manifest import load_bundle  # noqa: E402
 from edge_agent.contract.preprocess import PreprocessSpec  # noqa: E402
 
 SPEC = PreprocessSpec(input_size=32, crop="none", scale=1.0 / 255.0, offset=0.0)
+# The ONNX Runtime path, whatever this host has (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("host_without_openvino")
 
 
 @pytest.fixture(scope="module")
