@@ -121,6 +121,19 @@ def _check_options(opts: QatOptions) -> None:
         raise UsageError("--out must not be the source run directory")
 
 
+def qat_config(mtq: Any) -> dict[str, Any]:
+    """ModelOpt's ``INT8_DEFAULT_CFG`` with LayerNorm left out of INT8 (Softmax has no quantizer).
+
+    The default config also quantizes LayerNorm inputs (a measured demo export had a
+    QuantizeLinear before every transformer LayerNorm), which TensorRT runs better in higher
+    precision and build-engine's Q/DQ check refuses.
+    """
+    config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    for kind in ("nn.LayerNorm",):
+        config["quant_cfg"].append({"quantizer_name": "*", "parent_class": kind, "enable": False})
+    return config
+
+
 def fold_constant_casts(model: Any) -> int:
     """Replace ``Cast(Constant)`` by one Constant: ModelOpt writes zero points that way.
 
@@ -264,7 +277,7 @@ def run_qat(opts: QatOptions, echo: Echo = print) -> QatReport:
                 m(batch.to(device))
 
     echo(f"qat: calibrating INT8 fake-quant on {len(calib_idx)} training images (ModelOpt, max)")
-    model = mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop)
+    model = mtq.quantize(model, qat_config(mtq), forward_loop)
     quantizers = sum(
         1
         for name, module in model.named_modules()

@@ -183,3 +183,20 @@ def test_fold_constant_casts_makes_zero_points_constants() -> None:
     assert fold_constant_casts(model) == 1
     assert check_qdq(model) == 1
     onnx.checker.check_model(model)
+
+
+def test_qat_config_leaves_layernorm_out_of_int8() -> None:
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    from training.qat import qat_config
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
+    x = torch.randn(5, 4)
+    quantized = mtq.quantize(model, qat_config(mtq), lambda m: m(x))
+    enabled = {
+        name.rsplit(".", 1)[0]
+        for name, module in quantized.named_modules()
+        if name.endswith("_quantizer") and getattr(module, "is_enabled", False)
+    }
+    assert enabled == {"0", "2"}  # both Linear layers, not the LayerNorm ("1")
