@@ -60,16 +60,49 @@ class IndiServer:
             env=env,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                    break
             except OSError:
                 if self.proc.poll() is not None:
-                    break
+                    raise RuntimeError(
+                        f"indiserver exited: {self.log.read_text(errors='replace')}"
+                    ) from None
                 time.sleep(0.1)
-        raise RuntimeError(f"indiserver did not start: {self.log.read_text(errors='replace')}")
+        self._wait_for_drivers(deadline)
+
+    def _wait_for_drivers(self, deadline: float) -> None:
+        """Return once every driver has defined its CONNECTION property.
+
+        indiserver accepts clients before its drivers have started; a command for a device it
+        does not know yet is dropped, so a test that connected the camera too early would wait
+        for nothing (seen on a loaded machine).
+        """
+        from edge_agent.sources.indi_protocol import IndiConnection, IndiElement, get_properties
+
+        ready: set[str] = set()
+
+        def on(element: IndiElement) -> None:
+            if element.tag.startswith("def") and element.name == "CONNECTION":
+                ready.add(element.device)
+
+        while time.monotonic() < deadline:
+            conn = IndiConnection("127.0.0.1", self.port, on, max_blob_bytes=1 << 20)
+            try:
+                conn.send(get_properties())
+                until = min(deadline, time.monotonic() + 2.0)
+                while len(ready) < len(DRIVERS) and time.monotonic() < until:
+                    conn.pump(0.1)
+            finally:
+                conn.close()
+            if len(ready) >= len(DRIVERS):
+                return
+        raise RuntimeError(
+            f"indiserver's drivers did not start (ready: {sorted(ready)}): "
+            f"{self.log.read_text(errors='replace')}"
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
