@@ -1,9 +1,34 @@
-"""A minimal valid bundle manifest for build-engine's tests (fields overridable)."""
+"""Helpers of build-engine's tests: a minimal valid manifest (fields overridable), and what the
+training side hands to the export when a test fakes it."""
 
 from __future__ import annotations
 
-from edge_agent.contract.manifest import Manifest, ModelInfo, official_classes
-from edge_agent.contract.preprocess import DEFAULT_SPEC
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.contract.decode_config import DecodeSpec
+from edge_agent.contract.manifest import (
+    Calibration,
+    Manifest,
+    ModelInfo,
+    TrainingProvenance,
+    official_classes,
+)
+from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
+
+
+@dataclass
+class FakeLoaded:
+    """What ``training.checkpoint.load_for_export`` returns (``ExportableModel``'s fields)."""
+
+    model: Any
+    model_name: str
+    num_classes: int
+    input_size: int
+    provenance: TrainingProvenance
+    spec: PreprocessSpec = DEFAULT_SPEC
+    calibration: Calibration | None = None
+    decode: DecodeSpec = field(default_factory=DecodeSpec)
 
 
 def manifest_for(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 import sys
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import pytest
+from bundle_testkit import FakeLoaded
 
 from build_engine.calibration_metadata import (
     META_CALIBRATION,
@@ -21,7 +21,7 @@ from build_engine.errors import ExportError
 from build_engine.export import export_checkpoint, load_onnx
 from build_engine.pipeline import BuildRequest, build
 from edge_agent.contract.manifest import Calibration, TrainingProvenance, load_bundle
-from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 
 RECORD = Calibration(
     temperature=1.6,
@@ -70,21 +70,10 @@ def test_the_bundle_manifest_carries_what_the_onnx_says(
     assert said and ("1.6000" in said[0]) == calibrated
 
 
-@dataclass
-class _Loaded:
-    model: object
-    model_name: str
-    num_classes: int
-    input_size: int
-    provenance: TrainingProvenance
-    spec: PreprocessSpec
-    calibration: Calibration | None
-
-
 def test_export_checkpoint_writes_the_checkpoints_record(
     tiny_torch_model: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loaded = _Loaded(
+    loaded = FakeLoaded(
         tiny_torch_model,
         "mobilevit_xxs",
         10,

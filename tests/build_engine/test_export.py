@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_testkit import FakeLoaded
 
 from build_engine.errors import ExportError
 from build_engine.export import (
@@ -24,7 +24,7 @@ from build_engine.export import (
     run_onnx,
 )
 from edge_agent.contract.decode_config import DecodeSpec, StretchConfig
-from edge_agent.contract.manifest import Calibration, TrainingProvenance
+from edge_agent.contract.manifest import TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
 
 NON_DEFAULT_SPEC = PreprocessSpec(input_size=64, crop="none", scale=1 / 255, offset=0.0)
@@ -100,16 +100,11 @@ def test_describe_onnx_needs_static_square_input(tiny_onnx: Path) -> None:
         describe_onnx(model, "x.onnx")
 
 
-@dataclass
-class _Loaded:
-    model: object
-    model_name: str
-    num_classes: int
-    input_size: int
-    provenance: TrainingProvenance
-    spec: PreprocessSpec = NON_DEFAULT_SPEC
-    calibration: Calibration | None = None
-    decode: DecodeSpec = field(default_factory=lambda: NON_DEFAULT_DECODE)
+def _Loaded(*args: object) -> FakeLoaded:
+    """The training side of a non-default run: its spec and decode settings must travel."""
+    loaded = FakeLoaded(*args)  # type: ignore[arg-type]
+    loaded.spec, loaded.decode = NON_DEFAULT_SPEC, NON_DEFAULT_DECODE
+    return loaded
 
 
 def _fake_training(monkeypatch: pytest.MonkeyPatch, loaded: _Loaded) -> None:

@@ -15,12 +15,12 @@ import ctypes
 import sys
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from bundle_testkit import FakeLoaded
 
 from build_engine.cli import main
 from build_engine.device import DeviceInfo
@@ -33,7 +33,7 @@ from edge_agent.contract.manifest import (
     TrainingProvenance,
     load_bundle,
 )
-from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
+from edge_agent.contract.preprocess import DEFAULT_SPEC
 from training.weights import record_weights
 
 torch = pytest.importorskip("torch")
@@ -129,17 +129,6 @@ def fake_tensorrt(logits_of: Callable[[np.ndarray], np.ndarray], seen: dict[str,
     return trt
 
 
-@dataclass
-class _Loaded:
-    model: Any
-    model_name: str
-    num_classes: int
-    input_size: int
-    provenance: TrainingProvenance
-    spec: PreprocessSpec
-    calibration: Calibration | None
-
-
 @pytest.fixture
 def rig(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_torch_model: Any
@@ -149,7 +138,7 @@ def rig(
     run.mkdir()
     (run / "best.safetensors").write_bytes(b"weights")
     record_weights(run / "best.safetensors")
-    loaded = _Loaded(
+    loaded = FakeLoaded(
         tiny_torch_model,
         "mobilevit_xxs",
         10,
