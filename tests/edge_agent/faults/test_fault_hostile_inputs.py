@@ -183,10 +183,32 @@ def test_hostile_corpus_is_rejected_and_good_frames_classified(
     assert mib(agent.peak_rss) < RSS_BOUND_MIB, mib(agent.peak_rss)
 
 
+# Both fail on the agent today (docs/reliability.md, "Defects the suite found"); strict, so the
+# fix turns them into failures of these markers, to be removed then.
+NOT_UTF8_DEFECT = (
+    "defect: a non-UTF-8 file name kills the directory source's feeder thread "
+    "(UnicodeEncodeError binding the name in Ledger.entry); the folder is never read again"
+)
+NAME_MAX_DEFECT = (
+    "defect: quarantine._safe keeps 120 characters, not bytes; a long UTF-8 name passes "
+    "NAME_MAX, the OSError escapes quarantine, the agent exits 1 on every start"
+)
+
+
 @pytest.mark.parametrize(
     "names",
-    [hostile_corpus.NON_UTF8_NAMES, hostile_corpus.LONG_NAMES],
-    ids=["not_utf8", "near_name_max"],
+    [
+        pytest.param(
+            hostile_corpus.NON_UTF8_NAMES,
+            id="not_utf8",
+            marks=pytest.mark.xfail(strict=True, reason=NOT_UTF8_DEFECT),
+        ),
+        pytest.param(
+            hostile_corpus.LONG_NAMES,
+            id="near_name_max",
+            marks=pytest.mark.xfail(strict=True, reason=NAME_MAX_DEFECT),
+        ),
+    ],
 )
 def test_file_names_that_break_careless_code_get_an_answer(
     names: list[bytes],
