@@ -44,7 +44,7 @@ class LedgerError(GalaxyEdgeError):
 
 @dataclass(frozen=True)
 class FileKey:
-    path: str
+    path: str  # as the file system named it (a name that is not UTF-8 holds surrogate escapes)
     size: int
     mtime_ns: int
 
@@ -53,6 +53,28 @@ class FileKey:
         """The key of the directory entry itself (``lstat``: a link is not followed)."""
         st = os.lstat(path)
         return cls(str(path), st.st_size, st.st_mtime_ns)
+
+
+# Linux names are bytes; a name that is not UTF-8 decodes with surrogate escapes, which SQLite
+# (UTF-8 text) cannot store. Such a path is stored as its bytes in hex behind a marker that no
+# path can start with (paths hold no NUL): reversible, and every other path is stored as is.
+_BYTES_MARK = "\0fsbytes:"
+
+
+def stored(path: str) -> str:
+    """``path`` as the ledger stores it."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _BYTES_MARK + os.fsencode(path).hex()
+    return path
+
+
+def unstored(text: str) -> str:
+    """The file system's path of a stored one (the inverse of :func:`stored`)."""
+    if text.startswith(_BYTES_MARK):
+        return os.fsdecode(bytes.fromhex(text[len(_BYTES_MARK) :]))
+    return text
 
 
 _SCHEMA = """
@@ -158,7 +180,7 @@ class Ledger:
                 "INSERT INTO files (done_at, path, size, mtime_ns, state, seen_at) "
                 "VALUES (?1, ?2, ?3, ?4, ?5, ?1) ON CONFLICT (path, size, mtime_ns) "
                 "DO UPDATE SET state=excluded.state, done_at=excluded.done_at",
-                [(now, k.path, k.size, k.mtime_ns, state) for k, state in states.items()],
+                [(now, stored(k.path), k.size, k.mtime_ns, state) for k, state in states.items()],
             )
         except sqlite3.Error:
             if self._db.in_transaction:  # SQLITE_FULL has rolled it back already
@@ -198,7 +220,7 @@ class Ledger:
                 return Entry(self._unwritten[key], 0)
             row = self._db.execute(
                 "SELECT state, interrupted FROM files WHERE path=? AND size=? AND mtime_ns=?",
-                (key.path, key.size, key.mtime_ns),
+                (stored(key.path), key.size, key.mtime_ns),
             ).fetchone()
         return None if row is None else Entry(str(row[0]), int(row[1]))
 
@@ -215,7 +237,7 @@ class Ledger:
                 lambda: self._db.execute(
                     "UPDATE files SET interrupted = interrupted + 1 "
                     "WHERE path=? AND size=? AND mtime_ns=? AND state='seen'",
-                    (key.path, key.size, key.mtime_ns),
+                    (stored(key.path), key.size, key.mtime_ns),
                 ),
                 {},
             )
@@ -228,7 +250,7 @@ class Ledger:
                 lambda: self._db.execute(
                     "UPDATE files SET interrupted = interrupted - 1 "
                     "WHERE path=? AND size=? AND mtime_ns=? AND interrupted > 0",
-                    (key.path, key.size, key.mtime_ns),
+                    (stored(key.path), key.size, key.mtime_ns),
                 ),
                 {},
             )
@@ -250,7 +272,7 @@ class Ledger:
                 lambda: self._db.execute(
                     "INSERT OR IGNORE INTO files (path, size, mtime_ns, state, seen_at) "
                     "VALUES (?, ?, ?, 'seen', ?)",
-                    (key.path, key.size, key.mtime_ns, time.time()),
+                    (stored(key.path), key.size, key.mtime_ns, time.time()),
                 ),
                 {},
             )
@@ -269,7 +291,7 @@ class Ledger:
             rows = self._db.execute(
                 "SELECT path, size, mtime_ns FROM files WHERE state='seen' ORDER BY seen_at"
             ).fetchall()
-        return [FileKey(str(p), int(s), int(m)) for p, s, m in rows]
+        return [FileKey(unstored(str(p)), int(s), int(m)) for p, s, m in rows]
 
     def forget_gone(self, older_than_s: float = 86400.0) -> int:
         """Delete done (or rejected) rows whose file is gone or replaced: a ledger that stays small.
@@ -287,7 +309,7 @@ class Ledger:
         gone = []
         for path, size, mtime_ns in rows:
             try:
-                st = os.stat(path)
+                st = os.stat(unstored(path))
                 if st.st_size == size and st.st_mtime_ns == mtime_ns:
                     continue
             except OSError:

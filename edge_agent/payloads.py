@@ -439,4 +439,6 @@ def to_bytes(payload: Mapping[str, Any]) -> bytes:
         )
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"payload is not JSON-serialisable: {exc}") from exc
-    return text.encode("utf-8")
+    # A lone surrogate (a file name that is not UTF-8, quoted in a detail line) must not make a
+    # payload unsendable: it goes out as its escape, the same text JSON's \u form would give.
+    return text.encode("utf-8", "backslashreplace")

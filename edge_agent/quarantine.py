@@ -147,7 +147,8 @@ def _reason_bytes(
 
 
 def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Best-effort clean-up after a failed step: its own failure must not hide the first one."""
+    with contextlib.suppress(OSError):
         os.unlink(path)
 
 
@@ -196,6 +197,16 @@ def _copy_new(src: Path, target: Path) -> None:
         raise
 
 
+# NAME_MAX is 255 bytes; with the stamp, the uuid and ".reason.json" / ".part" around it, a
+# name cut to 120 BYTES (not characters: 120 CJK characters are 360 bytes) always fits.
+_NAME_BYTES = 120
+
+
 def _safe(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")
-    return cleaned[:120] or "input"
+    """A file-name part made of letters, digits and ``._-`` (anything else, a surrogate escape
+    of a name that is not UTF-8 included, becomes ``_``), at most :data:`_NAME_BYTES` bytes."""
+    cleaned = "".join(
+        c if (c.isalnum() and not "\ud800" <= c <= "\udfff") or c in "._-" else "_" for c in name
+    ).lstrip(".")
+    cut = cleaned.encode("utf-8")[:_NAME_BYTES].decode("utf-8", "ignore")
+    return cut or "input"

@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".reason.json")
 
 
+def printable(path: Path) -> str:
+    """``path`` as text for payloads and logs: itself when UTF-8 (Linux names are bytes), else
+    with each undecodable byte written ``\\xNN`` (``latin1-\\xe9t\\xe9.png``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def is_candidate(path: Path) -> bool:
     """Whether a file name may be an input (not hidden, not a temporary of a writer)."""
     name = path.name
@@ -162,7 +168,7 @@ class DirectorySource(Source):
             # The mtime makes a file replaced under the same name a new frame (a new stable id).
             frame = Frame(
                 source=self.name,
-                frame_ref=f"{path}@{key.mtime_ns}",
+                frame_ref=f"{printable(path)}@{key.mtime_ns}",
                 path=path,
                 formats=self.formats,
                 on_done=functools.partial(self._done, key),

@@ -117,3 +117,23 @@ def test_key_of_a_link_is_the_link_itself(tmp_path: Path) -> None:
     link.symlink_to(target)
     key = FileKey.of(link)
     assert key.size == os.lstat(link).st_size != 10
+
+
+def test_a_name_that_is_not_utf8_is_stored_and_given_back_as_the_same_path(tmp_path: Path) -> None:
+    """Linux names are bytes: SQLite cannot bind the surrogate escapes of a Latin-1 name, which
+    killed the folder's feeder thread (the fault suite's not_utf8 case)."""
+    from edge_agent.ledger import stored, unstored
+
+    name = tmp_path / os.fsdecode(b"latin1-\xe9t\xe9.png")
+    name.write_bytes(b"x")
+    key = FileKey.of(name)
+    assert stored(key.path) != key.path and unstored(stored(key.path)) == key.path
+    assert stored(str(tmp_path / "plain.png")) == str(tmp_path / "plain.png")
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger.mark_seen(key)
+    assert ledger.state(key) == "seen"
+    assert ledger.pending() == [key]
+    assert os.path.exists(ledger.pending()[0].path)  # the path the file system knows
+    ledger.mark_done([key])
+    assert ledger.state(key) == "done" and ledger.pending() == []
+    ledger.close()

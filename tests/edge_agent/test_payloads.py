@@ -307,3 +307,11 @@ def test_topic() -> None:
         topic("p", "d", "classification")
     with pytest.raises(PayloadError, match="topic_prefix"):
         topic("p/#", "d", "stats")
+
+
+def test_a_surrogate_escape_in_a_payload_is_sent_escaped_not_a_crash() -> None:
+    """A detail quoting a file name that is not UTF-8 must still become bytes."""
+    from edge_agent.payloads import to_bytes
+
+    data = to_bytes({"detail": "latin1-\udce9t\udce9.png: corrupt"})
+    assert data == b'{"detail":"latin1-\\udce9t\\udce9.png: corrupt"}'

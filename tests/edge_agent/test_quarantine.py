@@ -46,3 +46,21 @@ def test_unwritable_quarantine_keeps_file(tmp_path: Path) -> None:
     with pytest.raises(QuarantineError, match="stays in place"):
         Quarantine(blocker).put_file(src, source="s", reason="corrupt", message="m")
     assert src.exists()
+
+
+def test_long_and_undecodable_names_fit_name_max(tmp_path: Path) -> None:
+    """120 characters of CJK are 360 bytes: the cut is in bytes, so quarantine names fit 255."""
+    import os
+
+    from edge_agent.quarantine import Quarantine
+
+    quarantine = Quarantine(tmp_path / "q")
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for raw in ("长" * 80 + ".png").encode(), b"bytes-\xff\xfe.png", ("L" * 245 + ".png").encode():
+        path = inbox / os.fsdecode(raw)
+        path.write_bytes(b"bad")
+        target = quarantine.put_file(path, source="inbox", reason="corrupt", message="bad")
+        assert target.is_file() and not path.exists()
+        assert len(os.fsencode(target.name + ".reason.json")) <= 255
+        target.name.encode("utf-8")  # no surrogate escape left in what the quarantine names

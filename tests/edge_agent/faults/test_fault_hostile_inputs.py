@@ -183,31 +183,14 @@ def test_hostile_corpus_is_rejected_and_good_frames_classified(
     assert mib(agent.peak_rss) < RSS_BOUND_MIB, mib(agent.peak_rss)
 
 
-# Both fail on the agent today (docs/reliability.md, "Defects the suite found"); strict, so the
-# fix turns them into failures of these markers, to be removed then.
-NOT_UTF8_DEFECT = (
-    "defect: a non-UTF-8 file name kills the directory source's feeder thread "
-    "(UnicodeEncodeError binding the name in Ledger.entry); the folder is never read again"
-)
-NAME_MAX_DEFECT = (
-    "defect: quarantine._safe keeps 120 characters, not bytes; a long UTF-8 name passes "
-    "NAME_MAX, the OSError escapes quarantine, the agent exits 1 on every start"
-)
-
-
 @pytest.mark.parametrize(
     "names",
     [
-        pytest.param(
-            hostile_corpus.NON_UTF8_NAMES,
-            id="not_utf8",
-            marks=pytest.mark.xfail(strict=True, reason=NOT_UTF8_DEFECT),
-        ),
-        pytest.param(
-            hostile_corpus.LONG_NAMES,
-            id="near_name_max",
-            marks=pytest.mark.xfail(strict=True, reason=NAME_MAX_DEFECT),
-        ),
+        # A name that is not UTF-8 killed the folder's feeder thread (the ledger could not
+        # store it); a long UTF-8 name overflowed NAME_MAX in the quarantine, and the agent
+        # exited on every start (docs/reliability.md, "Defects the suite found").
+        pytest.param(hostile_corpus.NON_UTF8_NAMES, id="not_utf8"),
+        pytest.param(hostile_corpus.LONG_NAMES, id="near_name_max"),
     ],
 )
 def test_file_names_that_break_careless_code_get_an_answer(
