@@ -213,3 +213,13 @@ def test_dockerfile_runs_the_agent_unprivileged_on_jetpack6() -> None:
 
 def test_example_config_holds_no_password() -> None:
     assert not re.search(r"^\s*password\s*:", EXAMPLE.read_text(), re.M)
+
+
+def test_a_config_error_does_not_restart_forever() -> None:
+    """Exit 2 (usage or config) cannot be fixed by a restart; exit 4 (bundle) can, once the
+    build unit has rebuilt it."""
+    from edge_agent.contract import exit_codes
+
+    unit = _unit(AGENT_UNIT)
+    assert _one(unit, "Restart") == "on-failure"
+    assert _one(unit, "RestartPreventExitStatus").split() == [str(exit_codes.USAGE)]
