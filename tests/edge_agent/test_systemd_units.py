@@ -221,5 +221,5 @@ def test_a_config_error_does_not_restart_forever() -> None:
     from edge_agent.contract import exit_codes
 
     unit = _unit(AGENT_UNIT)
-    assert _one(unit, "Restart") == "on-failure"
-    assert _one(unit, "RestartPreventExitStatus").split() == [str(exit_codes.USAGE)]
+    assert _one(unit, "Service.Restart") == "on-failure"
+    assert _one(unit, "Service.RestartPreventExitStatus").split() == [str(exit_codes.USAGE)]
