@@ -99,10 +99,16 @@ def _check_header(
     return tuple(reversed(dims))
 
 
-def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tuple[np.ndarray, Any]:
-    """The chosen image HDU's data (as stored, 2-D or 3-D) and header, sizes checked first.
+def _open_checked(
+    source: Path | bytes, name: str, config: DecodeConfig
+) -> tuple[np.ndarray, Any, list[Any]]:
+    """The chosen image HDU's data (as stored, 2-D or 3-D), its header and the band headers,
+    sizes checked first.
 
-    ``source`` is a file (only the chosen HDU's pixels are read) or the bytes of one.
+    ``source`` is a file (only the chosen HDU's pixels are read) or the bytes of one. A file of
+    exactly three 2-D image HDUs of one size (one per band, as some pipelines write g, r, z) is
+    read as three planes, ordered by their FILTER/BAND cards when those name g, r and z, else in
+    file order; the band headers then are the three HDUs' (the first's WCS is the frame's).
     """
     from astropy.io import fits  # lazy: astropy takes a second to import
 
@@ -126,16 +132,55 @@ def _open_checked(source: Path | bytes, name: str, config: DecodeConfig) -> tupl
             # No memory map: astropy cannot map scaled (BZERO/BSCALE) data; the sizes are
             # checked before the data is touched.
             with fits.open(opened, memmap=False, lazy_load_hdus=True) as hdus:
-                hdu, header = _choose_hdu(hdus, name, size, config)
-                # applies BZERO/BSCALE
-                data = np.array(hdu.data, dtype=np.float32)
+                bands = _band_hdus(hdus, name, size, config)
+                if bands is not None:
+                    band_headers = [h for _, h in bands]
+                    data = np.stack([np.array(b.data, dtype=np.float32) for b, _ in bands])
+                    header = band_headers[0]
+                else:
+                    hdu, header = _choose_hdu(hdus, name, size, config)
+                    band_headers = [header]
+                    # applies BZERO/BSCALE
+                    data = np.array(hdu.data, dtype=np.float32)
     except DecodeError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise DecodeError(
             "corrupt", f"{name}: FITS unreadable ({type(exc).__name__}: {exc})"
         ) from exc
-    return data, header
+    return data, header, band_headers
+
+
+_BAND_NAMES = ("g", "r", "z")
+
+
+def _band_name(header: Any) -> str | None:
+    for key in ("FILTER", "BAND", "FILTNAM"):
+        value = str(header.get(key, "")).strip().lower()
+        if value[:1] in _BAND_NAMES and (len(value) == 1 or not value[1].isalpha()):
+            return value[:1]
+    return None
+
+
+def _band_hdus(hdus: Any, name: str, size: int, config: DecodeConfig) -> list[Any] | None:
+    """The (hdu, header) of each band when the file holds three 2-D image HDUs of one size."""
+    from astropy.io import fits
+
+    if config.fits.hdu is not None:
+        return None
+    found: list[tuple[Any, Any, tuple[int, ...]]] = []
+    for index, hdu in enumerate(hdus):
+        compressed = isinstance(hdu, fits.CompImageHDU)
+        offset = None if compressed else int(hdus.fileinfo(index)["datLoc"])
+        dims = _check_header(hdu.header, name, size, offset, config)
+        if dims and getattr(hdu, "is_image", True):
+            found.append((hdu, hdu.header.copy(), tuple(dims)))
+    if len(found) != 3 or any(len(d) != 2 or d != found[0][2] for _, _, d in found):
+        return None
+    named = [_band_name(h) for _, h, _ in found]
+    if sorted(n for n in named if n) == sorted(_BAND_NAMES):
+        found = [found[named.index(band)] for band in _BAND_NAMES]
+    return [(hdu, header) for hdu, header, _ in found]
 
 
 def _choose_hdu(hdus: Any, name: str, size: int, config: DecodeConfig) -> tuple[Any, Any]:
@@ -185,17 +230,23 @@ def _select_planes(
 def read_fits(
     source: Path | bytes, config: DecodeConfig, band_order: str = "grz", name: str | None = None
 ) -> RawFrame:
-    """One FITS file or its bytes (one band, or one HDU of three planes) as a :class:`RawFrame`."""
+    """One FITS file or its bytes (one band, one HDU of three planes, or three band HDUs) as a
+    :class:`RawFrame`."""
     name = name or (Path(source).name if not isinstance(source, bytes) else "frame")
-    data, header = _open_checked(
+    data, header, band_headers = _open_checked(
         Path(source) if not isinstance(source, bytes) else source, name, config
     )
+    if len(band_headers) == 3 and [_band_name(h) for h in band_headers] == list(_BAND_NAMES):
+        band_order = "grz"  # three HDUs named by their FILTER cards: already in g, r, z order
     data = _select_planes(data, config, band_order, name)
-    sat = saturation_level(header)
+    if len(band_headers) == data.shape[0]:
+        saturation = [saturation_level(h) for h in band_headers]
+    else:
+        saturation = [saturation_level(header)] * data.shape[0]
     return RawFrame(
         data=np.ascontiguousarray(data, dtype=np.float32),
         header=header,
-        saturation=[sat] * data.shape[0],
+        saturation=saturation,
         source_dtype=f"BITPIX={header.get('BITPIX')}",
     )
 
@@ -219,7 +270,7 @@ def read_fits_bands(
     planes: list[np.ndarray] = []
     headers: list[Any] = []
     for source, name in zip(sources, labels, strict=True):
-        data, header = _open_checked(source, name, config)
+        data, header, _ = _open_checked(source, name, config)
         if data.ndim != 2:
             raise DecodeError("unsupported", f"{name}: a band file must hold one 2-D image")
         if planes and data.shape != planes[0].shape:

@@ -58,6 +58,37 @@ def test_three_planes_in_one_hdu_and_three_files_agree(tmp_path: Path) -> None:
     np.testing.assert_array_equal(picked.data, cube[1:2])
 
 
+def test_three_band_hdus_in_one_file_are_the_three_planes(tmp_path: Path) -> None:
+    """One file with a g, r and z HDU (the issue's third form of a three-band frame): ordered
+    by their FILTER cards when they name the bands, else in file order; the first's header."""
+    rng = np.random.default_rng(1)
+    cube = rng.normal(100, 5, (3, 20, 30)).astype(np.float32)
+
+    def hdus(order: str, named: bool) -> fits.HDUList:
+        out = fits.HDUList([fits.PrimaryHDU()])
+        for band in order:
+            hdu = fits.ImageHDU(cube["grz".index(band)])
+            if named:
+                hdu.header["FILTER"] = f"{band} DECam"
+            hdu.header["SATURATE"] = 1000.0 + "grz".index(band)
+            out.append(hdu)
+        return out
+
+    hdus("zgr", named=True).writeto(tmp_path / "named.fits")
+    named = read_fits(tmp_path / "named.fits", DecodeConfig())
+    np.testing.assert_array_equal(named.data, cube)
+    assert named.saturation == [1000.0, 1001.0, 1002.0]  # each band keeps its own level
+    named_zrg = read_fits(tmp_path / "named.fits", DecodeConfig(), band_order="zrg")
+    np.testing.assert_array_equal(named_zrg.data, cube)  # the cards decide, not the setting
+    hdus("grz", named=False).writeto(tmp_path / "plain.fits")
+    np.testing.assert_array_equal(read_fits(tmp_path / "plain.fits", DecodeConfig()).data, cube)
+    one = read_fits(tmp_path / "plain.fits", DecodeConfig(fits=FitsConfig(hdu=2)))
+    np.testing.assert_array_equal(one.data, cube[1:2])  # an explicit HDU is one band
+    two = fits.HDUList([fits.PrimaryHDU(cube[0]), fits.ImageHDU(cube[1])])
+    two.writeto(tmp_path / "two.fits")
+    np.testing.assert_array_equal(read_fits(tmp_path / "two.fits", DecodeConfig()).data, cube[:1])
+
+
 def test_bands_of_different_sizes_or_planes_are_refused(tmp_path: Path) -> None:
     a = write(tmp_path / "a.fits", fits.PrimaryHDU(np.zeros((10, 10), np.float32)))
     b = write(tmp_path / "b.fits", fits.PrimaryHDU(np.zeros((10, 12), np.float32)))
