@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from build_engine.errors import UsageError
+from build_engine.errors import ExportError, UsageError
 from build_engine.export import load_onnx
 from edge_agent.contract.decode_config import DecodeSpec
 
@@ -37,8 +37,15 @@ META_QAT = "galaxy_edge.qat"  # written by training/qat.py
 
 
 def has_qdq(path: Path) -> bool:
-    """Whether the ONNX file at ``path`` holds QuantizeLinear/DequantizeLinear nodes."""
-    model = load_onnx(path)
+    """Whether the ONNX file at ``path`` holds QuantizeLinear/DequantizeLinear nodes.
+
+    A file that is no ONNX model at all is not pre-quantized here: the option checks go on, and
+    the build reports the broken file where it loads it (usage mistakes first, exit 2).
+    """
+    try:
+        model = load_onnx(path)
+    except ExportError:
+        return False
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 

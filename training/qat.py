@@ -402,7 +402,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
     q.add_argument("--limit", type=int, help="use N training images spread evenly (smoke runs)")
     q.add_argument("--seed", type=int, default=0, help="seed of the shuffling and augmentation")
     q.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    q.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    q.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=True,
+        help="no progress bar on stderr",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
