@@ -201,12 +201,13 @@ class PipelineConfig(_Strict):
         False, description="ONNX Runtime workers busy-wait (faster only on otherwise idle cores)"
     )
     inference_streams: int = Field(
-        1,
+        2,
         ge=1,
         le=64,
         description="CPU backends (ONNX Runtime, OpenVINO): a batch of two or more frames is split "
         "into this many parts run at once, each on its share of the threads; a lone frame runs on "
-        "all threads (docs/benchmarks.md measures it)",
+        "all threads. 2 measured fastest on 2 cores, bare and in the agent (docs/benchmarks.md); "
+        "1: one run over all threads",
     )
     ready_queue: int = Field(32, ge=1, le=10_000, description="decoded frames waiting to batch")
     poison_after_attempts: int = Field(
