@@ -3,8 +3,12 @@ training side hands to the export when a test fakes it."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.manifest import (
@@ -46,3 +50,22 @@ def manifest_for(
     }
     data.update(extra)
     return Manifest.model_validate(data)
+
+
+def write_labelled_set(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` random RGB images of varied sizes with labels cycling over the 10 classes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = [(64, 64), (80, 96), (120, 70), (64, 64), (99, 101)]
+    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        for i in range(count):
+            h, w = sizes[i % len(sizes)]
+            image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            name = f"img_{i:03d}.png"
+            cv2.imwrite(str(root / name), image)
+            writer.writerow([name, i % 10])
+    return root / "labels.csv"

@@ -8,13 +8,11 @@ once per session; tests copy what they modify.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from bundle_testkit import manifest_for
+from bundle_testkit import manifest_for, write_labelled_set
 
 from build_engine.device import DeviceInfo
 from edge_agent.contract.preprocess import DEFAULT_SPEC
@@ -59,25 +57,6 @@ def bare_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Pat
     path = tmp_path_factory.mktemp("bare-onnx") / "bare.onnx"
     export_module(tiny_torch_model, path, input_size=TINY_SIZE)
     return path
-
-
-def write_labelled_set(root: Path, count: int, seed: int = 0) -> Path:
-    """``count`` random RGB images of varied sizes with labels cycling over the 10 classes."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    sizes = [(64, 64), (80, 96), (120, 70), (64, 64), (99, 101)]
-    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "label"])
-        for i in range(count):
-            h, w = sizes[i % len(sizes)]
-            image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-            name = f"img_{i:03d}.png"
-            cv2.imwrite(str(root / name), image)
-            writer.writerow([name, i % 10])
-    return root / "labels.csv"
 
 
 @pytest.fixture(scope="session")

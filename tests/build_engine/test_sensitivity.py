@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import write_labelled_set
+from bundle_testkit import write_labelled_set
 from onnx import TensorProto, helper, numpy_helper
 
 from build_engine.errors import PrecisionError, UsageError

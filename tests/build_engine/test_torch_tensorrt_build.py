@@ -272,7 +272,7 @@ def _reference(onnx_path: Path) -> Callable[[np.ndarray], np.ndarray]:
 def test_the_gate_runs_the_engine_itself(
     rig: dict[str, Any], tmp_path: Path, jetson_device: DeviceInfo, tiny_onnx: Path
 ) -> None:
-    from conftest import write_labelled_set
+    from bundle_testkit import write_labelled_set
 
     gate_csv = write_labelled_set(tmp_path / "gate", 24, seed=5)
     # an engine that computes what the FP32 model computes: agreement 100%, the gate passes

@@ -266,7 +266,7 @@ def test_a_lost_server_is_reported_and_the_source_reconnects(indi: IndiServer) -
         assert len(_frames(hub, 1, timeout=60)) == 1
         indi.stop()
         assert wait_until(lambda: source.health()["last_error"] is not None, 30)
-        assert not source.connected.is_set()
+        assert wait_until(lambda: not source.connected.is_set(), 30)  # set just after the error
         assert problems and problems[0][0] == "source_unavailable"
         assert source._thread is not None and source._thread.is_alive()  # never a crash
         indi.start()  # same port
