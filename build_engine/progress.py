@@ -25,6 +25,9 @@ def bar(desc: str, total: int | None, enabled: bool, unit: str = "step") -> tqdm
         disable=not enabled,
         leave=False,
         dynamic_ncols=True,
+        # Every step is shown: the bars have few steps (export 4, gate one per batch), and a
+        # step that ends within tqdm's default 0.1 s would otherwise never say what it did.
+        mininterval=0.0,
     )
 
 
