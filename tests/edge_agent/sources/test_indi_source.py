@@ -233,9 +233,11 @@ def test_directory_mode_serves_our_own_frame_pixel_for_pixel(
     hdu.writeto(folder / "field-001.fits")
     client = _Client(indi.port)
     client.connect_devices()
+    toggle, location = (CCD, "CCD_DIRECTORY_TOGGLE"), (CCD, "CCD_DIRECTORY_LOCATION")
+    # defined a moment after the camera connects: a value sent before that is dropped
+    assert client.pump_until(lambda: toggle in client.props and location in client.props, 60)
     client.send(new_vector("Text", CCD, "CCD_DIRECTORY_LOCATION", [("LOCATION", str(folder))]))
     client.send(new_vector("Switch", CCD, "CCD_DIRECTORY_TOGGLE", [("INDI_ENABLED", "On")]))
-    toggle = (CCD, "CCD_DIRECTORY_TOGGLE")
     assert client.pump_until(lambda: client.values[toggle].get("INDI_ENABLED") == "On", 60)
     hub = FrameHub()
     source = _source(indi, IndiSourceConfig(exposure_s=0.1), hub)
