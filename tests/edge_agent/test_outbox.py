@@ -282,7 +282,7 @@ def test_acked_message_whose_delete_fails_is_not_sent_again(
     for _ in range(3):  # the pump asks again and again: m0..m2 never come back
         assert [i.msg_id for i in box.take_unsent(10)] == ["m3"]
     failing.failing = False
-    monkeypatch.setattr("edge_agent.outbox._RETRY_DELETES_EVERY_S", 0.0)
+    monkeypatch.setattr("edge_agent.outbox_disk._RETRY_DELETES_EVERY_S", 0.0)
     assert [i.msg_id for i in box.take_unsent(10)] == ["m3"]  # retried the delete first
     assert box.health().acked_unremoved == 0
     assert box._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
