@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt_connection import ConnectionHealth, MqttError, describe_refusal, new_client
+from edge_agent.mqtt_connection import (
+    ConnectionHealth,
+    MqttError,
+    describe_refusal,
+    new_client,
+    on_connack,
+)
 from edge_agent.payloads import availability_payload, topic
 
 log = logging.getLogger(__name__)
@@ -39,24 +44,19 @@ class AvailabilityLink:
             config, client_id=self.client_id, persistent_session=False, password=password
         )
         self._client.will_set(self.topic, availability_payload("offline"), qos=1, retain=True)
-        self._client.on_connect = self._on_connect
+        self._client.on_connect = on_connack(self._on_connect, self._on_refused)
         self._started = False
         self._stopped = False
         self.online = threading.Event()  # set once the broker took an ``online`` from us
         # Rate-limited: the publisher's connection reports the same causes in full.
         self.connection = ConnectionHealth("mqtt availability link", meanwhile="not online")
 
+    def _on_refused(self, reason_code: ReasonCode) -> None:
+        self.connection.failed(describe_refusal(reason_code, self.config))
+
     def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
+        self, client: mqtt.Client, flags: mqtt.ConnectFlags, properties: Properties | None
     ) -> None:
-        if reason_code.is_failure:
-            self.connection.failed(describe_refusal(reason_code, self.config))
-            return
         self.connection.succeeded()
         client.publish(self.topic, availability_payload("online"), qos=1, retain=True)
         self.online.set()

@@ -15,6 +15,9 @@ Who owns what:
 
 Duplicates are possible (a PUBACK lost with the connection, a crash after publishing):
 consumers deduplicate on the payload's ``id`` (docs/mqtt.md).
+
+The connection and paho's callbacks are :mod:`edge_agent.mqtt_publisher_connection`'s; topics
+the broker refuses, :mod:`edge_agent.mqtt_refusals`'.
 """
 
 from __future__ import annotations
@@ -22,70 +25,35 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent import __version__
 from edge_agent.availability import AvailabilityLink
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt_connection import (
-    ConnectionHealth,
-    MqttError,
-    describe_connect_error,
-    describe_refusal,
-    new_client,
+from edge_agent.mqtt_connection import ConnectionHealth, MqttError
+from edge_agent.mqtt_publisher_connection import (
+    Ack,
+    Connected,
+    Disconnected,
+    Event,
+    PublisherConnection,
 )
+from edge_agent.mqtt_refusals import REFUSAL_LOG_EVERY_S, Refusal, TopicRefusals
 from edge_agent.outbox import Outbox, OutboxError
-from edge_agent.payloads import THUMBNAIL_TOPIC, status_payload, to_bytes, topic
+from edge_agent.payloads import THUMBNAIL_TOPIC, topic
+
+__all__ = ["REFUSAL_LOG_EVERY_S", "MqttError", "MqttPublisher"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Ack:
-    mid: int
-    failed: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Connected:
-    dropped_mids: tuple[int, ...]
-    receive_maximum: int | None
-
-
-@dataclass(frozen=True)
-class _Disconnected:
-    reason: str
-
-
-_Event = _Ack | _Connected | _Disconnected | None  # None only wakes the pump
-REFUSAL_LOG_EVERY_S = 60.0
-
-
-@dataclass
-class _Refusal:
-    """A topic the broker refuses (MQTT 5 PUBACK >= 0x80): backed off, logged rate-limited."""
-
-    reason: str
-    since: float  # Unix time
-    count: int = 0
-    logged_at: float = 0.0  # monotonic
-    logged_count: int = 0
-    until: float = 0.0  # monotonic: no new message on this topic before
-
-
-class MqttPublisher:
+class MqttPublisher(PublisherConnection, TopicRefusals):
     """Moves outbox messages to the broker with a bounded in-flight window; see module doc."""
 
     def __init__(
@@ -110,7 +78,7 @@ class MqttPublisher:
         self._reject_retry_s = reject_retry_s
         self._v5 = config.protocol == "5"
 
-        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._mids: dict[int, str] = {}  # pump thread only
         self._rejected: list[tuple[float, str]] = []  # pump thread only: (when, msg_id)
         self._window = config.max_in_flight
@@ -127,7 +95,7 @@ class MqttPublisher:
         self._connack_ok = False  # paho thread: this connection got a successful CONNACK
         self._refused_now = False  # paho thread: this connection's CONNACK refused us
         self._topic_of: dict[str, str] = {}  # pump thread only: msg_id -> topic, in flight
-        self._refused: dict[str, _Refusal] = {}  # topic -> refusal; written by the pump
+        self._refused: dict[str, Refusal] = {}  # topic -> refusal; written by the pump
 
         self._client = self._make_client(password)
         # The plain online/offline twin of ``status``, on its own connection (one will each).
@@ -137,123 +105,6 @@ class MqttPublisher:
             client_id=config.client_id or f"galaxy-edge-{device_id}",
             password=password,
         )
-
-    # ------------------------------------------------------------------ set-up
-    def _make_client(self, password: str | None) -> mqtt.Client:
-        cfg = self.config
-        client = new_client(
-            cfg,
-            client_id=cfg.client_id or f"galaxy-edge-{self.device_id}",
-            # A publisher needs no broker-side session: what is unacked lives in the outbox.
-            persistent_session=False,
-            password=password,
-        )
-        # paho's own in-flight limit sits above ours so it never queues what the pump sent;
-        # the slack covers the birth, offline and stats messages (not in the outbox).
-        client.max_inflight_messages_set(cfg.max_in_flight + 8)
-        client.max_queued_messages_set(0)
-        client.will_set(self.status_topic, self._status_bytes("offline"), qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        return client
-
-    def _status_bytes(self, state: str) -> bytes:
-        at = time.time() if state == "online" else None
-        return to_bytes(
-            status_payload(
-                state=state,
-                device_id=self.device_id,
-                agent_version=self.agent_version,
-                model=self._model_info,
-                at=at,
-            )
-        )
-
-    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
-        return self._client.publish(
-            self.status_topic, self._status_bytes(state), qos=1, retain=True,
-            properties=self._publish_properties(),
-        )  # fmt: skip
-
-    def _publish_properties(self, content_type: str = "application/json") -> Properties | None:
-        if not self._v5:
-            return None
-        props = Properties(PacketTypes.PUBLISH)
-        if content_type == "application/json":
-            props.PayloadFormatIndicator = 1  # UTF-8 text
-        props.ContentType = content_type
-        return props
-
-    # ------------------------------------------------------------------ paho callbacks
-    # Network thread. Never block, never take our locks (see module docstring).
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            self._refused_now = True
-            self.last_error = describe_refusal(reason_code, self.config)
-            self.connection.failed(self.last_error)
-            return
-        self._connack_ok = True
-        self.connection.succeeded()
-        dropped = client.drop_out_messages()
-        receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
-        self._publish_status("online")
-        self._events.put(_Connected(tuple(m.mid for m in dropped), receive_max))
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # TCP refused, DNS, or a TLS handshake that failed (bad CA, no client certificate).
-        # paho calls this inside its ``except OSError:`` block: the exception is the cause.
-        self.last_error = describe_connect_error(sys.exc_info()[1], self.config)
-        self.connection.failed(self.last_error)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        # Closed before any CONNACK is a failed attempt too: that is what a refused client
-        # certificate looks like under TLS 1.3 (the handshake "succeeds", the broker closes
-        # the connection right after), or a TLS port spoken to in plain text. A CONNACK
-        # refusal (bad password) was counted already, with the better explanation.
-        cfg = self.config
-        if not self._stopped:
-            if self._connack_ok:
-                self.last_error = f"connection to {cfg.host}:{cfg.port} lost ({reason_code})"
-                self.connection.lost(self.last_error)
-            elif not self._refused_now:
-                self.last_error = (
-                    f"the broker at {cfg.host}:{cfg.port} closed the connection before "
-                    f"answering ({reason_code}); "
-                    + (
-                        "it may require a client certificate (mqtt.tls.cert_file, key_file)"
-                        if cfg.tls is not None
-                        else "does it expect TLS on this port (mqtt.tls)?"
-                    )
-                )
-                self.connection.failed(self.last_error)
-        self._connack_ok = self._refused_now = False
-        self._events.put(_Disconnected(str(reason_code)))
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        self._events.put(_Ack(mid, reason_code.is_failure, str(reason_code)))
 
     # ------------------------------------------------------------------ public API
     def start(self) -> None:
@@ -371,7 +222,7 @@ class MqttPublisher:
         self._session_ready = False
         # PUBACKs that arrived after the pump stopped still count (and nothing else may
         # revive the session).
-        self._apply_events([e for e in self._drain_events(block=False) if isinstance(e, _Ack)])
+        self._apply_events([e for e in self._drain_events(block=False) if isinstance(e, Ack)])
         self._mids.clear()
         self._topic_of.clear()
         self.outbox.release_in_flight()
@@ -403,8 +254,8 @@ class MqttPublisher:
             with self._cond:
                 self._cond.notify_all()
 
-    def _drain_events(self, block: bool) -> list[_Event]:
-        events: list[_Event] = []
+    def _drain_events(self, block: bool) -> list[Event]:
+        events: list[Event] = []
         try:
             if block:
                 events.append(self._events.get(timeout=self._poll_s))
@@ -414,10 +265,10 @@ class MqttPublisher:
             pass
         return events
 
-    def _apply_events(self, events: list[_Event]) -> None:
+    def _apply_events(self, events: list[Event]) -> None:
         acked: list[str] = []
         for event in events:
-            if isinstance(event, _Ack):
+            if isinstance(event, Ack):
                 msg_id = self._mids.pop(event.mid, None)
                 if msg_id is None:
                     continue  # birth, offline, stats, or taken back at a reconnect
@@ -430,12 +281,12 @@ class MqttPublisher:
                     acked.append(msg_id)
                     if topic_ in self._refused:
                         self._accepted_again(topic_)
-            elif isinstance(event, _Connected):
+            elif isinstance(event, Connected):
                 # Ack what came before the reconnect first, then take back paho's leftovers.
                 self._ack(acked)
                 acked = []
                 self._on_session(event)
-            elif isinstance(event, _Disconnected):
+            elif isinstance(event, Disconnected):
                 if self._session_ready:  # failed attempts are logged by self.connection
                     log.warning(
                         "mqtt: disconnected (%s); %d in flight", event.reason, len(self._mids)
@@ -451,7 +302,7 @@ class MqttPublisher:
                 self.outbox.ack_many(msg_ids)
                 self._counts["acked"] += len(msg_ids)
 
-    def _on_session(self, event: _Connected) -> None:
+    def _on_session(self, event: Connected) -> None:
         taken_back = [self._mids.pop(mid) for mid in event.dropped_mids if mid in self._mids]
         resent = self.outbox.release_in_flight(taken_back)
         self._window = self.config.max_in_flight
@@ -469,64 +320,6 @@ class MqttPublisher:
             "mqtt: connected to %s:%s (MQTT %s), %d to resend, window %d",
             self.config.host, self.config.port, self.config.protocol, resent, self._window,
         )  # fmt: skip
-
-    def _refuse(self, topic_: str, msg_id: str, reason: str) -> None:
-        now = time.monotonic()
-        self._rejected.append((now, msg_id))
-        self._count("rejected")
-        with self._cond:
-            refusal = self._refused.get(topic_)
-            if refusal is None or refusal.reason != reason:
-                refusal = self._refused[topic_] = _Refusal(reason, time.time())
-            refusal.count += 1
-            refusal.until = now + self._reject_retry_s
-        hint = (
-            f"allow user {self.config.username or '(anonymous)'} to publish to "
-            f"{self.config.topic_prefix}/{self.device_id}/# in the broker's ACL"
-            if "authori" in reason.lower()
-            else "see the broker's log"
-        )
-        self.last_error = f"the broker refuses messages on {topic_}: {reason}; {hint}"
-        if refusal.count == 1:
-            refusal.logged_at, refusal.logged_count = now, 1
-            log.error(
-                "mqtt: %s. They are NOT delivered: they stay in the outbox, and the topic is "
-                "tried again every %.0f s",
-                self.last_error,
-                self._reject_retry_s,
-            )
-        elif now - refusal.logged_at >= REFUSAL_LOG_EVERY_S:
-            log.error(
-                "mqtt: the broker still refuses %s (%s): %d refusals, %d since the last report",
-                topic_,
-                reason,
-                refusal.count,
-                refusal.count - refusal.logged_count,
-            )
-            refusal.logged_at, refusal.logged_count = now, refusal.count
-
-    def _accepted_again(self, topic_: str) -> None:
-        with self._cond:
-            refusal = self._refused.pop(topic_)
-        log.warning(
-            "mqtt: the broker accepts messages on %s again (%d refused before)",
-            topic_,
-            refusal.count,
-        )
-
-    def _retry_rejected(self) -> None:
-        if not self._rejected:
-            return
-        now = time.monotonic()
-        due = [m for t, m in self._rejected if now - t >= self._reject_retry_s]
-        if due:
-            self._rejected = [(t, m) for t, m in self._rejected if now - t < self._reject_retry_s]
-            self.outbox.release_in_flight(due)
-
-    def _backed_off_topics(self) -> set[str]:
-        now = time.monotonic()
-        with self._cond:
-            return {t for t, r in self._refused.items() if r.until > now}
 
     def _fill_window(self) -> None:
         free = self._window - len(self._mids)

@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import MqttConfig
 from edge_agent.contract.errors import GalaxyEdgeError
@@ -100,6 +102,34 @@ def apply_security(client: mqtt.Client, config: MqttConfig, password: str | None
         client.username_pw_set(config.username, password)
     elif password is not None:
         raise MqttError("mqtt: a password is configured but mqtt.username is not; set the username")
+
+
+#: What a client does with a successful CONNACK: ``(client, flags, properties)``.
+OnAccepted = Callable[[mqtt.Client, mqtt.ConnectFlags, Properties | None], None]
+#: What a client does with a CONNACK that refused it: ``(reason_code)``.
+OnRefused = Callable[[ReasonCode], None]
+OnConnect = Callable[[mqtt.Client, Any, mqtt.ConnectFlags, ReasonCode, Properties | None], None]
+
+
+def on_connack(accepted: OnAccepted, refused: OnRefused) -> OnConnect:
+    """paho's ``on_connect`` (VERSION2 signature) split into its two outcomes.
+
+    Runs in paho's network thread, like any paho callback: neither may block.
+    """
+
+    def on_connect(
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            refused(reason_code)
+        else:
+            accepted(client, flags, properties)
+
+    return on_connect
 
 
 # --------------------------------------------------------------------- why a connection failed
