@@ -1,14 +1,13 @@
 """What every catalogue database offers: one transaction per batch, queries, the page's views.
 
-SQLite and PostgreSQL share the SQL below; each subclass supplies its DDL, parameter style and
-cone search. Rows are unique on (device, id): a replayed message is an ``ON CONFLICT DO
+SQLite and PostgreSQL share the SQL below; each subclass supplies its tables (``schema.ddl``
+with its column types), parameter style and cone search. Rows are unique on (device, id): a replayed message is an ``ON CONFLICT DO
 NOTHING``, so at-least-once delivery becomes exactly-once storage whichever writer gets it.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,30 +23,8 @@ from catalogue.messages import (
     Record,
     Thumbnail,
 )
-
-# The columns a query returns and an export writes, in order.
-COLUMNS = (
-    "device",
-    "id",
-    "source",
-    "frame_ref",
-    "received_at",
-    "classified_at",
-    "label",
-    "class_id",
-    "confidence",
-    "uncertain",
-    "probabilities",
-    "model_name",
-    "model_sha256",
-    "model_precision",
-    "ra",
-    "dec",
-    "x",
-    "y",
-    "frame_id",
-    "has_thumbnail",
-)
+from catalogue.store.query import Cone, Query
+from catalogue.store.schema import CLASSIFICATION_INSERT, COLUMNS
 
 
 @dataclass(frozen=True)
@@ -73,33 +50,6 @@ class WriteCounts:
         self.other += more.other
 
 
-@dataclass(frozen=True)
-class Cone:
-    ra: float  # degrees
-    dec: float
-    radius: float  # degrees
-
-    def __post_init__(self) -> None:
-        from catalogue.errors import QueryError
-
-        if not (0.0 <= self.ra < 360.0 and -90.0 <= self.dec <= 90.0):
-            raise QueryError(f"cone centre out of range: ra={self.ra} dec={self.dec} (degrees)")
-        if not 0.0 < self.radius <= 180.0:
-            raise QueryError(f"cone radius must be in (0, 180] degrees, got {self.radius}")
-
-
-@dataclass(frozen=True)
-class Query:
-    cone: Cone | None = None
-    label: str | None = None
-    device: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    min_confidence: float | None = None
-    limit: int | None = None
-    newest_first: bool = False
-
-
 @dataclass
 class PageState:
     """Everything the live page shows, read in one go."""
@@ -109,13 +59,6 @@ class PageState:
     histogram: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
-
-
-def angular_separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Great-circle distance in degrees (haversine: exact for small separations)."""
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
 
 
 def utc_now() -> datetime:
@@ -231,8 +174,8 @@ class Store(ABC):
             if cls_rows:
                 n = self._executemany(
                     self._sql(
-                        f"INSERT INTO classifications ({', '.join(_CLS_INSERT)}) "
-                        f"VALUES ({', '.join('?' * len(_CLS_INSERT))}) "
+                        f"INSERT INTO classifications ({', '.join(CLASSIFICATION_INSERT)}) "
+                        f"VALUES ({', '.join('?' * len(CLASSIFICATION_INSERT))}) "
                         "ON CONFLICT (device, id) DO NOTHING"
                     ),
                     cls_rows,
@@ -421,13 +364,6 @@ class Store(ABC):
         ]
         state.totals = {t: self.count(t) for t in ("classifications", "errors", "rejected")}
         return state
-
-
-_CLS_INSERT = (
-    "device", "id", "source", "frame_ref", "received_at", "classified_at", "label", "class_id",
-    "confidence", "uncertain", "probabilities", "model_name", "model_sha256", "model_precision",
-    "ra", "dec", "x", "y", "frame_id", "schema_version", "payload", "stored_at",
-)  # fmt: skip
 
 
 def _stats_summary(text: str | None) -> dict[str, Any]:

@@ -17,46 +17,24 @@ from typing import Any
 import psycopg
 
 from catalogue.errors import StoreError
-from catalogue.store.base import Cone, Store, iso
+from catalogue.store.base import Store, iso
+from catalogue.store.query import Cone
+from catalogue.store.schema import ColumnTypes, ddl
 
 log = logging.getLogger(__name__)
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS classifications (
-    device TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, frame_ref TEXT NOT NULL,
-    received_at TIMESTAMPTZ, classified_at TIMESTAMPTZ NOT NULL, label TEXT NOT NULL,
-    class_id SMALLINT NOT NULL, confidence DOUBLE PRECISION NOT NULL, uncertain BOOLEAN NOT NULL,
-    probabilities DOUBLE PRECISION[], model_name TEXT, model_sha256 TEXT, model_precision TEXT,
-    ra DOUBLE PRECISION, dec DOUBLE PRECISION, x DOUBLE PRECISION, y DOUBLE PRECISION,
-    frame_id TEXT, schema_version INTEGER NOT NULL, payload JSONB NOT NULL,
-    stored_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (device, id)
-);
-CREATE INDEX IF NOT EXISTS classifications_time ON classifications (classified_at);
-CREATE INDEX IF NOT EXISTS classifications_label ON classifications (label);
-CREATE TABLE IF NOT EXISTS thumbnails (
-    device TEXT NOT NULL, id TEXT NOT NULL, jpeg BYTEA NOT NULL, stored_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (device, id)
-);
-CREATE TABLE IF NOT EXISTS errors (
-    device TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, frame_ref TEXT NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, quarantined_to TEXT, at TIMESTAMPTZ,
-    payload JSONB NOT NULL, stored_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (device, id)
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device TEXT PRIMARY KEY, state TEXT, agent_version TEXT, model TEXT, status_at TIMESTAMPTZ,
-    status_payload TEXT, stats_at TIMESTAMPTZ, stats_payload TEXT, last_seen TIMESTAMPTZ
-);
-CREATE TABLE IF NOT EXISTS messages (
-    seq BIGSERIAL PRIMARY KEY, device TEXT NOT NULL, kind TEXT NOT NULL, id TEXT,
-    payload JSONB NOT NULL, stored_at TIMESTAMPTZ NOT NULL, UNIQUE (device, kind, id)
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    seq BIGSERIAL PRIMARY KEY, received_at TIMESTAMPTZ NOT NULL, topic TEXT NOT NULL,
-    reason TEXT NOT NULL, payload BYTEA NOT NULL
-);
-"""
+_DDL = ddl(
+    ColumnTypes(
+        time="TIMESTAMPTZ",
+        small_int="SMALLINT",
+        real="DOUBLE PRECISION",
+        boolean="BOOLEAN",
+        reals="DOUBLE PRECISION[]",
+        json="JSONB",
+        blob="BYTEA",
+        serial_key="BIGSERIAL PRIMARY KEY",
+    )
+)
 _Q3C_INDEX = (
     "CREATE INDEX IF NOT EXISTS classifications_q3c ON classifications "
     "(q3c_ang2ipix(ra, dec)) WHERE ra IS NOT NULL"

@@ -15,44 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from catalogue.errors import StoreError
-from catalogue.store.base import Cone, Store, angular_separation, iso
+from catalogue.store.base import Store, iso
+from catalogue.store.query import Cone, angular_separation
+from catalogue.store.schema import ColumnTypes, ddl
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS classifications (
-    device TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, frame_ref TEXT NOT NULL,
-    received_at TEXT, classified_at TEXT NOT NULL, label TEXT NOT NULL,
-    class_id INTEGER NOT NULL, confidence REAL NOT NULL, uncertain INTEGER NOT NULL,
-    probabilities TEXT, model_name TEXT, model_sha256 TEXT, model_precision TEXT,
-    ra REAL, dec REAL, x REAL, y REAL, frame_id TEXT,
-    schema_version INTEGER NOT NULL, payload TEXT NOT NULL, stored_at TEXT NOT NULL,
-    PRIMARY KEY (device, id)
-);
-CREATE INDEX IF NOT EXISTS classifications_time ON classifications (classified_at);
-CREATE INDEX IF NOT EXISTS classifications_label ON classifications (label);
-CREATE INDEX IF NOT EXISTS classifications_dec ON classifications (dec) WHERE dec IS NOT NULL;
-CREATE TABLE IF NOT EXISTS thumbnails (
-    device TEXT NOT NULL, id TEXT NOT NULL, jpeg BLOB NOT NULL, stored_at TEXT NOT NULL,
-    PRIMARY KEY (device, id)
-);
-CREATE TABLE IF NOT EXISTS errors (
-    device TEXT NOT NULL, id TEXT NOT NULL, source TEXT NOT NULL, frame_ref TEXT NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, quarantined_to TEXT, at TEXT,
-    payload TEXT NOT NULL, stored_at TEXT NOT NULL,
-    PRIMARY KEY (device, id)
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device TEXT PRIMARY KEY, state TEXT, agent_version TEXT, model TEXT, status_at TEXT,
-    status_payload TEXT, stats_at TEXT, stats_payload TEXT, last_seen TEXT
-);
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, kind TEXT NOT NULL, id TEXT,
-    payload TEXT NOT NULL, stored_at TEXT NOT NULL, UNIQUE (device, kind, id)
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, received_at TEXT NOT NULL, topic TEXT NOT NULL,
-    reason TEXT NOT NULL, payload BLOB NOT NULL
-);
-"""
+_DDL = ddl(
+    ColumnTypes(
+        time="TEXT",
+        small_int="INTEGER",
+        real="REAL",
+        boolean="INTEGER",
+        reals="TEXT",
+        json="TEXT",
+        blob="BLOB",
+        serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
+    )
+) + (
+    # No sky index: a cone search narrows on declination first.
+    "CREATE INDEX IF NOT EXISTS classifications_dec ON classifications (dec) "
+    "WHERE dec IS NOT NULL;\n"
+)
 
 
 class SqliteStore(Store):

@@ -11,7 +11,7 @@ from catalogue_testkit import build_tiny_bundle
 
 from catalogue.messages import parse_message
 from catalogue.store import Cone, Query, Store
-from catalogue.store.base import angular_separation
+from catalogue.store.query import angular_separation
 from edge_agent.fields.synthetic import make_field, model_galaxy, write_fits
 
 P = "galaxy-edge"
