@@ -17,18 +17,50 @@ import operator
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from edge_agent.contract.classes import CLASS_NAMES, NUM_CLASSES, class_name
 from edge_agent.contract.decode import Reason as DecodeReason
-from edge_agent.contract.errors import GalaxyEdgeError
+from edge_agent.payload_stats import stats_payload
+
+# SCHEMA_VERSION and the shared pieces live in payload_values (stats_payload needs them too);
+# this module is the contract's one entry point, and names them all.
+from edge_agent.payload_values import (
+    SCHEMA_VERSION,
+    PayloadError,
+    Timestamp,
+    checked_device_id,
+    durations_ms,
+    iso_utc,
+)
 from edge_agent.results import Classification
 
-#: Version 2 (2026-12-01): probabilities as a list in class-id order; device_id in every
-#: payload and in the ids; stats rates and percentiles per interval; the plain ``available``
-#: topic. See docs/mqtt.md, "Versioning".
-SCHEMA_VERSION = 2
+__all__ = [
+    "ERROR_REASONS",
+    "PAYLOAD_TOPICS",
+    "SCHEMA_VERSION",
+    "STATUS_STATES",
+    "THUMBNAIL_TOPIC",
+    "TOPIC_NAMES",
+    "ErrorReason",
+    "ModelRef",
+    "PayloadError",
+    "Timestamp",
+    "availability_payload",
+    "classification_id",
+    "classification_payload",
+    "cutout_id",
+    "error_id",
+    "error_payload",
+    "frame_summary_payload",
+    "iso_utc",
+    "stable_id",
+    "stats_payload",
+    "status_payload",
+    "thumbnail_topic",
+    "to_bytes",
+    "topic",
+]
 
 #: payload kind (its ``type`` field; its schema in edge_agent/schemas) -> topic name
 PAYLOAD_TOPICS: dict[str, str] = {
@@ -68,13 +100,6 @@ ERROR_REASONS: tuple[str, ...] = typing.get_args(ErrorReason)
 
 # Six decimals keep payloads short and are far below any model's calibration error.
 _PROB_DECIMALS = 6
-_MS_DECIMALS = 3
-
-Timestamp = datetime | float  # aware datetime, or Unix seconds
-
-
-class PayloadError(GalaxyEdgeError):
-    """A value that cannot go into a published payload or topic."""
 
 
 @dataclass(frozen=True)
@@ -130,20 +155,6 @@ def error_id(device_id: str, source: str, frame_ref: str, reason: str) -> str:
     return stable_id(device_id, source, frame_ref, "error", reason)
 
 
-def iso_utc(ts: Timestamp) -> str:
-    """ISO 8601 in UTC with milliseconds and a ``Z``, e.g. ``2026-11-26T08:04:13.123Z``."""
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            raise PayloadError(f"timestamp {ts!r} has no time zone; pass an aware datetime")
-        dt = ts.astimezone(timezone.utc)
-    else:
-        value = float(ts)
-        if not math.isfinite(value):
-            raise PayloadError(f"timestamp {ts!r} is not a finite number of seconds")
-        dt = datetime.fromtimestamp(value, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
 def _class_id(value: object) -> int:
     try:
         cid = operator.index(value)  # type: ignore[arg-type]  # numpy ints have __index__
@@ -161,22 +172,6 @@ def _probabilities(probabilities: Any) -> list[float]:
         if not math.isfinite(p) or p < 0.0 or p > 1.0 + 1e-6:
             raise PayloadError(f"probability of {name!r} is {p}, outside [0, 1]")
     return [min(round(p, _PROB_DECIMALS), 1.0) for p in values]
-
-
-def _ms(latency_ms: Mapping[str, float]) -> dict[str, float]:
-    out = {}
-    for stage, value in latency_ms.items():
-        v = float(value)
-        if not math.isfinite(v) or v < 0:
-            raise PayloadError(f"latency of stage {stage!r} is {value}, not a duration in ms")
-        out[str(stage)] = round(v, _MS_DECIMALS)
-    return out
-
-
-def _device(device_id: str) -> str:
-    if not device_id or any(c in device_id for c in "/#+\0"):
-        raise PayloadError(f"device_id {device_id!r} must be non-empty, without / + # or NUL")
-    return device_id
 
 
 def classification_payload(
@@ -209,7 +204,7 @@ def classification_payload(
     payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "type": "classification",
-        "device_id": _device(device_id),
+        "device_id": checked_device_id(device_id),
         "id": classification_id(device_id, source, frame_ref, model.sha256)
         if cutout is None
         else cutout_id(device_id, source, frame_ref, model.sha256, int(cutout["index"])),
@@ -227,7 +222,7 @@ def classification_payload(
         "uncertain": bool(result.uncertain),
         "calibrated": bool(result.calibrated),
         "model": model.as_json(),
-        "latency_ms": _ms(latency_ms),
+        "latency_ms": durations_ms(latency_ms),
     }
     if metadata:
         payload["metadata"] = {str(k): str(v) for k, v in metadata.items()}
@@ -262,14 +257,14 @@ def frame_summary_payload(
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "frame_summary",
-        "device_id": _device(device_id),
+        "device_id": checked_device_id(device_id),
         "id": stable_id(device_id, source, frame_ref, "frame_summary"),
         "source": source,
         "frame_ref": frame_ref,
         "received_at": iso_utc(received_at),
         "at": iso_utc(at),
         **body,
-        "timings_ms": _ms(timings),
+        "timings_ms": durations_ms(timings),
         "problems": [{"reason": r, "detail": d} for r, d in problems],
     }
 
@@ -297,7 +292,7 @@ def error_payload(
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "error",
-        "device_id": _device(device_id),
+        "device_id": checked_device_id(device_id),
         "id": error_id(device_id, source, frame_ref, reason),
         "source": source,
         "frame_ref": frame_ref,
@@ -305,89 +300,6 @@ def error_payload(
         "detail": detail,
         "quarantined_to": quarantined_to,
         "at": iso_utc(at),
-    }
-
-
-def _counts(frames_in: int, frames_out: int, errors: int) -> dict[str, int]:
-    return {"in": int(frames_in), "out": int(frames_out), "errors": int(errors)}
-
-
-def _source_health(health: Mapping[str, Any]) -> dict[str, Any]:
-    """A source's health with its times in the payloads' one timestamp format."""
-    out = dict(health)
-    since = out.get("problem_since")
-    out["problem_since"] = iso_utc(since) if since is not None else None
-    return out
-
-
-def _with_times(health: Mapping[str, Any] | None, *time_keys: str) -> dict[str, Any]:
-    """A health mapping with its Unix times in the payloads' one timestamp format."""
-    out = dict(health or {})
-    for key in time_keys:
-        if key in out:
-            out[key] = iso_utc(out[key]) if out[key] is not None else None
-    return out
-
-
-def stats_payload(
-    *,
-    device_id: str,
-    at: Timestamp,
-    uptime_s: float,
-    interval_s: float,
-    frames: tuple[int, int, int],
-    interval_frames: tuple[int, int, int],
-    latency_ms: Mapping[str, Mapping[str, float]],
-    queue_depth: int,
-    frames_dropped: Mapping[str, int],
-    outbox_depth: int,
-    outbox_bytes: int,
-    outbox_dropped: Mapping[str, int],
-    mqtt: Mapping[str, int],
-    sources: Mapping[str, Mapping[str, Any]] | None = None,
-    outbox_health: Mapping[str, Any] | None = None,
-    mqtt_health: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Periodic health report for the ``stats`` topic (QoS 0: the next one replaces it).
-
-    ``frames`` and ``interval_frames`` are (in, out, errors): totals since the agent started,
-    and counts within the ``interval_s`` seconds since the previous report. The rates are
-    ``interval_frames / interval_s``; ``latency_ms`` maps a stage to percentiles over the
-    interval's frames, e.g. ``{"infer": {"p50": 3.1, "p99": 9.0, "max": 9.4}}``.
-    ``frames_dropped`` counts frames a live source dropped, by source, since start;
-    ``outbox_dropped`` what the outbox limits dropped since the outbox file was created;
-    ``mqtt`` the publisher's counters since start; ``sources`` the health of the sources that
-    report one (a camera: connected, last error and since when), by source name.
-    ``outbox_health`` (``full``, ``full_since``, ``error``, ``acked_unremoved``) and
-    ``mqtt_health`` (``connected``, ``since``, ``last_error``, ``failed_attempts``,
-    ``refused_topics``) join the ``outbox`` and ``mqtt`` objects; times are Unix seconds.
-    """
-    seconds = float(interval_s)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise PayloadError(f"interval_s is {interval_s}, not a duration")
-    n_in, n_out, _ = interval_frames
-    per_s = 1.0 / seconds if seconds > 0 else 0.0
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "type": "stats",
-        "device_id": _device(device_id),
-        "at": iso_utc(at),
-        "uptime_s": round(float(uptime_s), 3),
-        "interval_s": round(seconds, 3),
-        "frames": _counts(*frames),
-        "interval_frames": _counts(*interval_frames),
-        "rates": {"fps_in": round(n_in * per_s, 3), "fps_out": round(n_out * per_s, 3)},
-        "latency_ms": {str(stage): _ms(pcts) for stage, pcts in latency_ms.items()},
-        "queue_depth": int(queue_depth),
-        "frames_dropped": {str(k): int(v) for k, v in frames_dropped.items()},
-        "outbox": {
-            "depth": int(outbox_depth),
-            "bytes": int(outbox_bytes),
-            "dropped": {str(k): int(v) for k, v in outbox_dropped.items()},
-            **_with_times(outbox_health, "full_since"),
-        },
-        "mqtt": {**{str(k): int(v) for k, v in mqtt.items()}, **_with_times(mqtt_health, "since")},
-        "sources": {str(k): _source_health(v) for k, v in (sources or {}).items()},
     }
 
 
@@ -413,7 +325,7 @@ def status_payload(
     payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "type": "status",
-        "device_id": _device(device_id),
+        "device_id": checked_device_id(device_id),
         "state": state,
         "agent_version": agent_version,
         "model": dict(model) if model is not None else None,
