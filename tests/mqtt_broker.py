@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from required_tools import missing
 
 
 def find_mosquitto() -> str | None:
@@ -38,10 +38,7 @@ def require_mosquitto() -> str:
     """The binary's path; skips the test without it, except under CI, where it fails."""
     binary = find_mosquitto()
     if binary is None:
-        reason = "mosquitto is not installed (apt-get install -y mosquitto)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{reason}; CI must install it")
-        pytest.skip(reason)
+        missing("mosquitto is not installed (apt-get install -y mosquitto)")
     return binary
 
 
