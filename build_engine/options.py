@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.preprocess import PreprocessSpec
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def positive(text: str) -> int:
@@ -19,25 +22,23 @@ def positive(text: str) -> int:
     return value
 
 
-def spec_file(text: str) -> PreprocessSpec:
-    """``--preprocess-spec FILE.json``: a :class:`PreprocessSpec`, validated strictly."""
+def _json_file(text: str, model: type[_Model]) -> _Model:
+    """The JSON file ``text`` as ``model``, validated strictly; its first mistake as the error."""
     try:
-        return PreprocessSpec.model_validate_json(Path(text).read_text(encoding="utf-8"))
+        return model.model_validate_json(Path(text).read_text(encoding="utf-8"))
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text}: unreadable ({exc.strerror})") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise argparse.ArgumentTypeError(f"{text}: {where}: {first['msg']}") from exc
+
+
+def spec_file(text: str) -> PreprocessSpec:
+    """``--preprocess-spec FILE.json``: a :class:`PreprocessSpec`, validated strictly."""
+    return _json_file(text, PreprocessSpec)
 
 
 def decode_spec_file(text: str) -> DecodeSpec:
     """``--decode-spec FILE.json``: a :class:`DecodeSpec` (stretch, FITS), validated strictly."""
-    try:
-        return DecodeSpec.model_validate_json(Path(text).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"{text}: unreadable ({exc.strerror})") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise argparse.ArgumentTypeError(f"{text}: {where}: {first['msg']}") from exc
+    return _json_file(text, DecodeSpec)
