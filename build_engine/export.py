@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,7 @@ META_PREPROCESS = "galaxy_edge.preprocess"
 META_DECODE = "galaxy_edge.decode"
 
 Step = Callable[[str], None]
+_Spec = TypeVar("_Spec", PreprocessSpec, DecodeSpec)
 
 
 def _no_step(name: str) -> None:
@@ -385,26 +386,25 @@ def read_metadata(model: onnx.ModelProto, where: str = "ONNX model") -> OnnxMeta
     except ValidationError:
         provenance = TrainingProvenance()
     raw = props.get(META_PARAMETERS, "")
-    spec: PreprocessSpec | None = None
-    if props.get(META_PREPROCESS):
-        try:
-            spec = PreprocessSpec.model_validate_json(props[META_PREPROCESS])
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ExportError(
-                f"{where}: metadata {META_PREPROCESS} is not a valid preprocessing spec "
-                f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
-                "build-engine --checkpoint"
-            ) from exc
-    decode: DecodeSpec | None = None
-    if props.get(META_DECODE):
-        try:
-            decode = DecodeSpec.model_validate_json(props[META_DECODE])
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ExportError(
-                f"{where}: metadata {META_DECODE} is not a valid decoding spec "
-                f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
-                "build-engine --checkpoint"
-            ) from exc
+    spec = _metadata_spec(props, META_PREPROCESS, PreprocessSpec, "preprocessing spec", where)
+    decode = _metadata_spec(props, META_DECODE, DecodeSpec, "decoding spec", where)
     return OnnxMetadata(name, provenance, int(raw) if raw.isdigit() else None, spec, decode)
+
+
+def _metadata_spec(
+    props: dict[str, str], key: str, model: type[_Spec], what: str, where: str
+) -> _Spec | None:
+    """The spec recorded under ``key``, ``None`` when absent; :class:`ExportError` when invalid."""
+    from pydantic import ValidationError
+
+    if not props.get(key):
+        return None
+    try:
+        return model.model_validate_json(props[key])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ExportError(
+            f"{where}: metadata {key} is not a valid {what} "
+            f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
+            "build-engine --checkpoint"
+        ) from exc
