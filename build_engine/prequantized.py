@@ -11,7 +11,7 @@ fine-tuned from, given with ``--reference RUN|FP32.onnx``. Rules, checked before
   the QAT file's metadata), when the file says.
 
 The Q/DQ graph must pass the same check as build-engine's own quantization
-(:func:`build_engine.quantize.check_qdq`: symmetric, zero points 0, LayerNorm/Softmax/Add not
+(:func:`build_engine.qdq_graph.check_qdq`: symmetric, zero points 0, LayerNorm/Softmax/Add not
 reading INT8).
 """
 
@@ -114,7 +114,7 @@ def reference_onnx(reference: Path, candidate: Path, scratch: Path) -> Path:
 
 def take_as_is(src: Path, dst: Path) -> int:
     """Check the Q/DQ graph of ``src`` and copy it to ``dst`` unchanged; returns its quantizers."""
-    from build_engine.quantize import check_qdq
+    from build_engine.qdq_graph import check_qdq
 
     pairs = check_qdq(load_onnx(src))
     shutil.copyfile(src, dst)

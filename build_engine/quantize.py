@@ -2,16 +2,17 @@
 
 TensorRT deprecated implicit INT8 calibrators in 10.1 and removed the precision flags in 11: an
 INT8 plan comes from an ONNX whose Q/DQ nodes say where INT8 is used. Rules, all checked after
-quantization by :func:`check_qdq`:
+quantization by :func:`build_engine.qdq_graph.check_qdq`:
 
 - symmetric scales, every zero point 0 (TensorRT rejects anything else);
 - weights per output channel;
 - LayerNormalization, Softmax and residual Add stay out of INT8: they lose accuracy there and
   TensorRT runs them in higher precision anyway. A quantizer may still let such an op read the
   output of a DequantizeLinear that it shares with a quantized neighbour (a residual branch
-  that also feeds a Conv); :func:`detach_excluded_from_dq` rewires those inputs to the float
-  tensor, and :func:`unshare_constants` gives them private copies of constants they share with
-  quantized ops, so excluded ops see no INT8 rounding at all.
+  that also feeds a Conv); :func:`~build_engine.qdq_graph.detach_excluded_from_dq` rewires those
+  inputs to the float tensor, and :func:`~build_engine.qdq_graph.unshare_constants` gives them
+  private copies of constants they share with quantized ops, so excluded ops see no INT8
+  rounding at all.
 
 The quantizer is NVIDIA ModelOpt's ONNX PTQ where it imports (it places Q/DQ by TensorRT's
 fusion rules and can leave the rest in FP16, what a Jetson wants), else ONNX Runtime's
@@ -28,19 +29,21 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from build_engine.errors import CalibrationError, PrecisionError
+from build_engine.errors import CalibrationError
 from build_engine.export import describe_onnx, load_onnx
 from build_engine.fp16 import KEEP_FLOAT32_OPS
 from build_engine.progress import bar, ticking
+from build_engine.qdq_graph import (
+    EXCLUDED_OPS,
+    check_qdq,
+    detach_excluded_from_dq,
+    unshare_constants,
+)
 
-if TYPE_CHECKING:
-    import onnx
-
-EXCLUDED_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "Add")
 # ONNX Runtime's quantizer would otherwise also wrap Reshape/Transpose/Mul... in Q/DQ pairs:
 # no INT8 gain on TensorRT and many needless precision boundaries.
 ORT_QUANTIZED_OPS: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
@@ -242,124 +245,6 @@ def _quantize_onnxruntime(
         ) from exc
 
 
-def unshare_constants(model: onnx.ModelProto, excluded: tuple[str, ...] = EXCLUDED_OPS) -> int:
-    """Give excluded ops their own copy of initializers they share with quantized ops.
-
-    onnxsim merges equal constants (e.g. the zero biases of a freshly initialised LayerNorm and
-    Linear); a quantizer then quantizes the shared tensor for the Linear and the LayerNorm reads
-    its INT8 copy. Returns how many inputs got a private copy.
-    """
-    inits = {init.name: init for init in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    copied = 0
-    for node in model.graph.node:
-        if node.op_type not in excluded:
-            continue
-        for k, name in enumerate(node.input):
-            if name in inits and users[name] > 1:
-                clone = model.graph.initializer.add()
-                clone.CopyFrom(inits[name])
-                clone.name = f"{name}__{node.op_type}_{copied}"
-                node.input[k] = clone.name
-                users[name] -= 1
-                copied += 1
-    return copied
-
-
-def detach_excluded_from_dq(
-    model: onnx.ModelProto, excluded: tuple[str, ...] = EXCLUDED_OPS
-) -> int:
-    """Feed excluded ops the float tensor instead of a shared Q->DQ copy of it; returns rewires."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    rewired = 0
-    for node in model.graph.node:
-        if node.op_type not in excluded:
-            continue
-        for k, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
-            if q is None or q.op_type != "QuantizeLinear":
-                continue  # a DQ of a constant (INT8 weights): nothing float to go back to
-            node.input[k] = q.input[0]
-            rewired += 1
-    if rewired:
-        _prune_dead_qdq(model)
-    return rewired
-
-
-def _prune_dead_qdq(model: onnx.ModelProto) -> None:
-    """Drop Q/DQ nodes left without consumers by :func:`detach_excluded_from_dq`."""
-    graph_outputs = {o.name for o in model.graph.output}
-    while True:
-        used = {name for node in model.graph.node for name in node.input} | graph_outputs
-        dead = [
-            node
-            for node in model.graph.node
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-            and not any(out in used for out in node.output)
-        ]
-        if not dead:
-            return
-        for node in dead:
-            model.graph.node.remove(node)
-
-
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
-
-
-def qdq_nodes(model: onnx.ModelProto) -> list[Any]:
-    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-
-
-def check_qdq(model: onnx.ModelProto, excluded: tuple[str, ...] = EXCLUDED_OPS) -> int:
-    """Raise :class:`PrecisionError` unless the Q/DQ graph is what TensorRT needs; returns pairs.
-
-    Every zero point is 0 (or absent, which means 0); no excluded op reads a DequantizeLinear of
-    anything; at least one Q/DQ pair exists (else nothing was quantized).
-    """
-    constants = _constant_values(model)
-    nodes = qdq_nodes(model)
-    for node in nodes:
-        if len(node.input) > 2 and node.input[2]:
-            zero_point = constants.get(node.input[2])
-            if zero_point is None:
-                raise PrecisionError(f"{node.name}: zero point {node.input[2]!r} is not a constant")
-            if np.any(zero_point != 0):
-                raise PrecisionError(
-                    f"{node.name}: non-zero zero point; TensorRT needs symmetric INT8 (report this bug)"
-                )
-    producer = {out: node for node in model.graph.node for out in node.output}
-    for node in model.graph.node:
-        if node.op_type not in excluded:
-            continue
-        for name in node.input:
-            dq = producer.get(name)
-            if dq is not None and dq.op_type == "DequantizeLinear":
-                raise PrecisionError(
-                    f"{node.name or node.op_type}: excluded op reads INT8 input {name!r}"
-                )
-    quantizers = sum(1 for n in nodes if n.op_type == "QuantizeLinear")
-    if quantizers == 0:
-        raise PrecisionError(
-            "INT8 quantization inserted no Q/DQ nodes; the model has no Conv/MatMul/Gemm?"
-        )
-    return quantizers
-
-
 def quantize_int8(
     src: Path,
     dst: Path,
@@ -422,3 +307,12 @@ def quantize_int8(
         detached_inputs=detached,
         note=note,
     )
+
+
+__all__ = [  # the graph rules live in qdq_graph; importers of this module's names keep working
+    "EXCLUDED_OPS",
+    "QuantizeReport",
+    "check_qdq",
+    "detach_excluded_from_dq",
+    "quantize_int8",
+]

@@ -33,6 +33,14 @@ import numpy as np
 
 from build_engine.errors import CalibrationError, PrecisionError
 from build_engine.progress import bar
+from build_engine.qdq_graph import (
+    QDQ_OPS,
+    check_qdq,
+    float_source,
+    producers,
+    prune_dead_qdq,
+    rewire_to_float_where,
+)
 from edge_agent.contract.decode_config import DecodeSpec
 
 if TYPE_CHECKING:
@@ -46,29 +54,14 @@ DEFAULT_SIZE = 64
 EVAL_BATCH = 16
 
 
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in model.graph.node for out in node.output}
-
-
-def _float_source(name: str, producer: dict[str, onnx.NodeProto]) -> str | None:
-    """The float tensor behind ``name`` when ``name`` is DQ(Q(x)), else ``None``."""
-    dq = producer.get(name)
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return None
-    q = producer.get(dq.input[0])
-    if q is None or q.op_type != "QuantizeLinear":
-        return None
-    return str(q.input[0])
-
-
 def quantized_layers(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that read at least one INT8 (Q->DQ) input, in graph order."""
-    producer = _producers(model)
+    producer = producers(model)
     names = []
     for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in QDQ_OPS:
             continue
-        if any(_float_source(name, producer) is not None for name in node.input):
+        if any(float_source(name, producer) is not None for name in node.input):
             if not node.name:
                 raise PrecisionError(
                     f"a quantized {node.op_type} node has no name; the sensitivity pass needs "
@@ -78,25 +71,8 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def _prune_dead_qdq(model: onnx.ModelProto) -> None:
-    graph_outputs = {o.name for o in model.graph.output}
-    while True:
-        used = {name for node in model.graph.node for name in node.input} | graph_outputs
-        dead = [
-            node
-            for node in model.graph.node
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-            and not any(out in used for out in node.output)
-        ]
-        if not dead:
-            return
-        for node in dead:
-            model.graph.node.remove(node)
-
-
 def rewire_to_float(model: onnx.ModelProto, names: set[str]) -> int:
     """Feed the nodes ``names`` their float inputs instead of Q->DQ copies; returns rewires."""
-    producer = _producers(model)
     known = {node.name for node in model.graph.node}
     missing = sorted(names - known)
     if missing:
@@ -104,24 +80,14 @@ def rewire_to_float(model: onnx.ModelProto, names: set[str]) -> int:
             f"no node named {missing[0]!r} in the quantized model ({len(missing)} unknown); "
             "sensitivity results belong to another model: rerun the pass"
         )
-    rewired = 0
-    for node in model.graph.node:
-        if node.name not in names:
-            continue
-        for k, name in enumerate(node.input):
-            source = _float_source(name, producer)
-            if source is not None:
-                node.input[k] = source
-                rewired += 1
-    _prune_dead_qdq(model)
+    rewired = rewire_to_float_where(model, lambda node: node.name in names)
+    prune_dead_qdq(model)
     return rewired
 
 
 def keep_in_float(src: Path, dst: Path, names: list[str]) -> int:
     """Write ``src`` (a Q/DQ ONNX) to ``dst`` with the layers ``names`` out of INT8."""
     import onnx
-
-    from build_engine.quantize import check_qdq
 
     model = onnx.load(str(src))
     rewired = rewire_to_float(model, set(names))

@@ -11,12 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from build_engine.errors import CalibrationError, PrecisionError
 from build_engine.export import run_onnx
-from build_engine.quantize import (
-    EXCLUDED_OPS,
-    check_qdq,
-    detach_excluded_from_dq,
-    quantize_int8,
-)
+from build_engine.qdq_graph import EXCLUDED_OPS, check_qdq, detach_excluded_from_dq
+from build_engine.quantize import quantize_int8
 
 CALIB = np.random.default_rng(2).uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
 
