@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"galaxy-train {__version__}")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,evaluate,calibrate,qat,crossval,compare}"
+        dest="command",
+        required=True,
+        metavar="{train,evaluate,calibrate,qat,crossval,shift,compare}",
     )
 
     t = sub.add_parser(
@@ -181,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.crossval import add_parser as add_crossval
 
     add_crossval(sub, epilog)
+    from training.shift_eval import add_parser as add_shift
+
+    add_shift(sub, epilog)
     from training.compare_models import add_parser as add_compare
 
     add_compare(sub, epilog)
@@ -314,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.crossval import run as run_crossval
 
             return run_crossval(args)
+        if args.command == "shift":
+            from training.shift_eval import run as run_shift
+
+            return run_shift(args)
         if args.command == "compare":
             from training.compare_models import run as run_compare
 
