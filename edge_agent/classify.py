@@ -31,6 +31,7 @@ from edge_agent.contract.manifest import Manifest, load_bundle
 from edge_agent.contract.preprocess import preprocess_batch
 from edge_agent.fields.settings import FieldsConfig
 from edge_agent.fields.stage import run_field
+from edge_agent.pipeline_rejects import unquarantined_error
 from edge_agent.results import Classification, classify
 from edge_agent.sources.file_input import NotRegularFileError, read_regular_file
 
@@ -119,15 +120,7 @@ class OneShot:
         return results, time.perf_counter() - t0
 
     def _error(self, source: str, frame_ref: str, reason: str, detail: str) -> dict[str, Any]:
-        return payloads.error_payload(
-            device_id=self.device_id,
-            source=source,
-            frame_ref=frame_ref,
-            reason=reason,
-            detail=detail,
-            quarantined_to=None,
-            at=time.time(),
-        )
+        return unquarantined_error(self.device_id, source, frame_ref, reason, detail)
 
     # --- files -------------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ frames (ledger done, MQTT PUBACK). A crash anywhere before the outbox commit rep
 after it, the outbox replays the messages: at-least-once end to end.
 A bad input is quarantined with an ``errors`` message and the pipeline goes on, whatever its
 decoding raised. The pipeline owns its threads: :meth:`Pipeline.start`, :meth:`Pipeline.stop`.
+
+Here: the threads, reloads and batches; how a frame is decoded and preprocessed is
+:mod:`edge_agent.pipeline_prepare`'s, how a bad one is rejected :mod:`edge_agent.pipeline_rejects`'.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -25,40 +27,29 @@ from edge_agent import payloads
 from edge_agent.backends.base import Backend, BackendError
 from edge_agent.batcher import Batcher
 from edge_agent.config import AgentConfig, PipelineConfig
-from edge_agent.contract.decode import DecodeError, decode_bytes
-from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig, DecodeSpec
-from edge_agent.contract.errors import PreprocessError
-from edge_agent.contract.preprocess import PreprocessSpec, check_frame, preprocess_frame
-from edge_agent.fields.stage import run_field, share_done
+from edge_agent.contract.decode_config import DecodeConfig
+from edge_agent.contract.preprocess import preprocess_frame
 from edge_agent.outbox import Outbox, PendingMessage
 from edge_agent.outbox_writer import OutboxWriter
-from edge_agent.quarantine import Quarantine, QuarantineError
+from edge_agent.pipeline_prepare import FramePreparation, Prepared
+from edge_agent.pipeline_rejects import DECODE_FAILED, POISON
+from edge_agent.quarantine import Quarantine
 from edge_agent.results import classify
-from edge_agent.sources.base import Frame, FrameHub
-from edge_agent.sources.file_input import NotRegularFileError, read_regular_file
+from edge_agent.sources.base import FrameHub
 from edge_agent.stats import Stats
 from edge_agent.thumbnails import thumbnail_jpeg
 
+__all__ = [
+    "DECODE_FAILED",
+    "POISON",
+    "Pipeline",
+    "Prepared",
+    "PreprocessDevice",
+    "resolve_preprocess_device",
+]
+
 log = logging.getLogger(__name__)
 PreprocessDevice = Literal["cpu", "cuda"]
-# Rejection reasons of the pipeline itself (the decoder's are in edge_agent.contract.decode).
-POISON = "poison"  # the agent died while processing this input, poison_after_attempts times
-DECODE_FAILED = "decode_failed"  # decoding raised something unforeseen (a decoder bug)
-
-
-@dataclass
-class Prepared:
-    """A decoded frame waiting for a batch, with what its stages cost so far (seconds)."""
-
-    frame: Frame
-    image: np.ndarray
-    tensor: np.ndarray | None
-    spec: PreprocessSpec | None
-    decode_s: float
-    preprocess_s: float
-    ready_mono: float = field(default_factory=time.perf_counter)
-    cutout: dict[str, Any] | None = None  # a wide field's galaxy: its place (payload "cutout")
-    decoded_with: DecodeSpec | None = None  # the spec its bytes were decoded with (None: no bytes)
 
 
 def resolve_preprocess_device(backend: Backend, setting: str) -> PreprocessDevice:
@@ -78,7 +69,7 @@ def resolve_preprocess_device(backend: Backend, setting: str) -> PreprocessDevic
     return "cuda" if on_device and setting != "cpu" else "cpu"
 
 
-class Pipeline:
+class Pipeline(FramePreparation):
     """The prepare and infer threads, owned here: :meth:`start`, then :meth:`stop` once.
 
     ``heartbeat`` is called by the infer loop at least every ``heartbeat_every_s`` seconds, also
@@ -234,8 +225,6 @@ class Pipeline:
             t.join(max(0.5, deadline - time.monotonic()))
         return drained
 
-    # --- prepare ---------------------------------------------------------------------------
-
     def _prepare_loop(self) -> None:
         while not self._stop_prepare.is_set():
             frame = self.hub.get(timeout=0.2)
@@ -252,245 +241,6 @@ class Pipeline:
             finally:
                 self.hub.release()
                 self.batcher.poke()  # a batch waiting for this frame need not wait any more
-
-    def prepare(self, frame: Frame) -> Prepared | list[Prepared] | None:
-        """Decode and preprocess one frame; a bad one is rejected here (``None``).
-
-        Whatever decoding or preprocessing raises rejects this frame only: the pipeline goes on.
-        An input the agent already died in ``poison_after_attempts`` times while decoding it is
-        quarantined unread; any other is read between ``frame.decoding()`` and
-        ``frame.decoded()`` (the dir source's ledger counts decodes that never ended).
-        """
-        if frame.interrupted >= self.pcfg.poison_after_attempts:
-            self.reject(
-                frame,
-                POISON,
-                f"the agent stopped {frame.interrupted} times while processing this input; "
-                "quarantined unread (pipeline.poison_after_attempts)",
-            )
-            return None
-        frame.decoding()
-        try:
-            return self._decode(frame)
-        finally:
-            frame.decoded()
-
-    def _decode(self, frame: Frame) -> Prepared | list[Prepared] | None:
-        if frame.source in self.field_sources:
-            return self._prepare_field(frame)
-        t0 = time.perf_counter()
-        dcfg = self.decode  # once: a reload may swap it meanwhile (then run_batch decodes again)
-        formats = frame.formats or ALL_FORMATS
-        try:
-            data = frame.data
-            if frame.image is None and frame.path is not None:
-                try:
-                    data = read_regular_file(frame.path, dcfg.max_bytes)
-                except OSError as exc:  # vanished or unreadable: nothing to quarantine
-                    log.warning(
-                        "%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc
-                    )
-                    self.stats.error()
-                    frame.done()
-                    return None
-            if frame.image is not None:
-                image = frame.image
-            elif data is not None:
-                image = decode_bytes(data, dcfg, formats)
-            else:
-                raise DecodeError("corrupt", "frame without data")
-            check_frame(image)
-            t1 = time.perf_counter()
-            spec = self.spec
-            tensor = None if self.gpu_pre else preprocess_frame(image, spec)
-            t2 = time.perf_counter()
-        except NotRegularFileError as exc:
-            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
-            return None
-        except DecodeError as exc:
-            self.reject(frame, exc.reason, str(exc))
-            return None
-        except PreprocessError as exc:
-            self.reject(frame, "corrupt", str(exc))
-            return None
-        except Exception as exc:  # no input may stop the pipeline
-            self._log_unexpected(frame, exc)
-            self.reject(frame, DECODE_FAILED, f"{type(exc).__name__}: {exc}")
-            return None
-        return Prepared(
-            frame,
-            image,
-            tensor,
-            None if self.gpu_pre else spec,
-            t1 - t0,
-            t2 - t1,
-            decoded_with=None if frame.image is not None else dcfg.spec,
-        )
-
-    def _prepare_field(self, frame: Frame) -> list[Prepared] | None:
-        """A wide field (``sources[].mode: fields``): its ``frame_summary`` and problems go to
-        the outbox now, each galaxy's cut-out to the batches; the frame is done when the last
-        cut-out's result is stored (:func:`edge_agent.fields.stage.share_done`)."""
-        t0 = time.perf_counter()
-        try:
-            data = frame.path if frame.path is not None else frame.data
-            if data is None:
-                raise DecodeError("unsupported", "a wide field is a FITS file, not a camera image")
-            run = run_field(
-                data,
-                decode=self.decode,
-                fields=self.config.fields,
-                input_size=self.spec.input_size,
-                device_id=self.device_id,
-                source_name=frame.source,
-                frame_ref=frame.frame_ref,
-                received=frame.received,
-            )
-        except NotRegularFileError as exc:
-            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
-            return None
-        except DecodeError as exc:
-            self.reject(frame, exc.reason, str(exc))
-            return None
-        except OSError as exc:  # vanished or unreadable: nothing to quarantine
-            log.warning("%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc)
-            self.stats.error()
-            frame.done()
-            return None
-        except Exception as exc:  # no input may stop the pipeline
-            self._log_unexpected(frame, exc)
-            self.reject(frame, DECODE_FAILED, f"{type(exc).__name__}: {exc}")
-            return None
-        messages = [
-            PendingMessage(topic, payloads.to_bytes(body), self.qos, body["id"])
-            for topic, body in [(self.topic_summaries, run.summary)]
-            + [(self.topic_errors, e) for e in run.errors]
-        ]
-        if not self.outbox_writer.put_many(messages, self._stop_prepare):
-            return None  # stopped while the disk was full: not done, so retried at the next start
-        self.on_stored()
-        if not run.cutouts:
-            frame.done()
-            return None
-        read_s = time.perf_counter() - t0
-        return [
-            Prepared(f, c.image, None, None, read_s, 0.0, cutout=c.position())
-            for f, c in zip(share_done(frame, len(run.cutouts)), run.cutouts, strict=True)
-        ]
-
-    def _log_unexpected(self, frame: Frame, exc: Exception) -> None:
-        """The traceback once per kind of failure (type and raising line), one line after that."""
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
-        key = (type(exc).__qualname__, *where)
-        if key in self._unexpected_seen:
-            log.error(
-                "%s: %s: unexpected %s while decoding (traceback logged before): %s",
-                frame.source,
-                frame.frame_ref,
-                type(exc).__name__,
-                exc,
-            )
-            return
-        if len(self._unexpected_seen) < 256:  # bounded: a hostile stream cannot grow it for ever
-            self._unexpected_seen.add(key)
-        log.error(
-            "%s: %s: unexpected %s while decoding; the frame is rejected and the pipeline goes on",
-            frame.source,
-            frame.frame_ref,
-            type(exc).__name__,
-            exc_info=exc,
-        )
-
-    def reject(self, frame: Frame, reason: str, detail: str, *, movable: bool = True) -> None:
-        """Quarantine a bad input, publish an ``errors`` message, then let the source forget it.
-
-        An input that cannot be quarantined (the quarantine's file system is full, or it is a
-        folder, which is never moved) stays where it was: the ``errors`` message and the log
-        say so, and the source marks it so that it is not retried until it changes
-        (:meth:`Frame.left_in_place`).
-        """
-        self.stats.error()
-        where: str | None = None
-        left: str | None = None
-        try:
-            if frame.path is not None and not movable:
-                left = "a folder is never moved into the quarantine"
-            elif frame.path is not None:
-                where = str(
-                    self.quarantine.put_file(
-                        frame.path, source=frame.source, reason=reason, message=detail
-                    )
-                )
-            elif frame.data is not None:
-                name = frame.metadata.get("name") or frame.frame_ref.rsplit("/", 1)[-1]
-                where = str(
-                    self.quarantine.put_bytes(
-                        frame.data,
-                        name=name,
-                        source=frame.source,
-                        reason=reason,
-                        message=detail,
-                        extra={"frame_ref": frame.frame_ref, "metadata": frame.metadata},
-                    )
-                )
-        except QuarantineError as exc:
-            log.error("%s", exc)
-            left = f"not quarantined: {exc.cause}"
-        if left is not None:
-            if frame.path is not None:
-                detail = f"{detail}; left in place ({left}); change or re-copy it to retry"
-            else:
-                detail = f"{detail}; {left}"
-        log.warning(
-            "%s: %s rejected (%s): %s%s",
-            frame.source,
-            frame.frame_ref,
-            reason,
-            detail,
-            "" if where is None else f" -> {where}",
-        )
-        body = payloads.error_payload(
-            device_id=self.device_id,
-            source=frame.source,
-            frame_ref=frame.frame_ref,
-            reason=reason,
-            detail=detail,
-            quarantined_to=where,
-            at=time.time(),
-        )
-        message = PendingMessage(self.topic_errors, payloads.to_bytes(body), self.qos, body["id"])
-        if not self.outbox_writer.put_many([message], self._stop_prepare):
-            return  # stopped while the disk was full: not done, so retried at the next start
-        self.on_stored()
-        if left is None:
-            frame.done()
-        else:
-            frame.left_in_place()  # a file: marked, not retried; MQTT bytes: un-acked, redelivered
-
-    def report_source_problem(self, source: str, ref: str, reason: str, detail: str) -> None:
-        """A source lost its server or device: an ``errors`` message (nothing to quarantine).
-
-        Called from the source's thread; the outbox serialises writers. ``ref`` is the source's
-        URI, so consumers see which camera it is.
-        """
-        body = payloads.error_payload(
-            device_id=self.device_id,
-            source=source,
-            frame_ref=ref,
-            reason=reason,
-            detail=detail,
-            quarantined_to=None,
-            at=time.time(),
-        )
-        try:
-            self.outbox.put(self.topic_errors, payloads.to_bytes(body), self.qos, msg_id=body["id"])
-        except Exception:  # a full disk must not take the camera's thread down with it
-            log.exception("%s: cannot store the errors message for %s", source, reason)
-            return
-        self.on_stored()
 
     # --- infer -----------------------------------------------------------------------------
 
@@ -513,39 +263,6 @@ class Pipeline:
         jpeg = thumbnail_jpeg(image, self.thumbnails.size, self.thumbnails.quality)
         thumb_topic = payloads.thumbnail_topic(prefix, self.device_id, result_id)
         return PendingMessage(thumb_topic, jpeg, self.qos, f"{result_id}/thumbnail")
-
-    def _redecode_stale(self, batch: list[Prepared]) -> list[Prepared]:
-        """Frames decoded before a reload changed the bundle's decoding spec, decoded again
-        with the new one (a 16-bit or FITS frame stretched otherwise is another image); one that
-        can no longer be read or decoded is rejected like any bad input."""
-        spec = self.decode.spec
-        kept: list[Prepared] = []
-        for p in batch:
-            if p.decoded_with is None or p.decoded_with == spec:
-                kept.append(p)
-                continue
-            f = p.frame
-            try:
-                data = f.data
-                if data is None and f.path is not None:
-                    data = read_regular_file(f.path, self.decode.max_bytes)
-                if data is None:
-                    raise DecodeError("corrupt", "frame without data")
-                p.image = decode_bytes(data, self.decode, f.formats or ALL_FORMATS)
-            except NotRegularFileError as exc:
-                self.reject(f, exc.reason, str(exc), movable=not exc.is_directory)
-                continue
-            except DecodeError as exc:
-                self.reject(f, exc.reason, str(exc))
-                continue
-            except OSError as exc:  # vanished since: nothing to quarantine
-                log.warning("%s: %s: cannot read again (%s); skipped", f.source, f.frame_ref, exc)
-                self.stats.error()
-                f.done()
-                continue
-            p.decoded_with, p.tensor, p.spec = spec, None, None
-            kept.append(p)
-        return kept
 
     def run_batch(self, batch: list[Prepared]) -> None:
         batch = self._redecode_stale(batch)

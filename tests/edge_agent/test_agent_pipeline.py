@@ -16,7 +16,7 @@ from pipeline_testkit import (
     FolderPipeline,
 )
 
-from edge_agent import pipeline as pipeline_module
+from edge_agent import pipeline_prepare as prepare_module
 from edge_agent.backends.base import BackendError
 from edge_agent.backends.factory import create_backend
 from edge_agent.contract.manifest import load_bundle
@@ -43,7 +43,7 @@ def test_any_exception_while_decoding_rejects_that_frame_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Like OpenCV's cv2.error on a header bomb: not a DecodeError, yet only the frame fails."""
-    real = pipeline_module.decode_bytes
+    real = prepare_module.decode_bytes
 
     def decode(data: bytes, *args: object, **kwargs: object) -> np.ndarray:
         if data.startswith(b"BOMB"):
@@ -52,7 +52,7 @@ def test_any_exception_while_decoding_rejects_that_frame_only(
             raise ZeroDivisionError("division by zero")
         return real(data, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline_module, "decode_bytes", decode)
+    monkeypatch.setattr(prepare_module, "decode_bytes", decode)
     with (
         caplog.at_level(logging.ERROR, logger="edge_agent.pipeline"),
         FolderPipeline(tmp_path, tiny_bundle) as rig,

@@ -21,7 +21,7 @@ from astropy.io import fits
 from mqtt_broker import MosquittoBroker
 from pipeline_testkit import FolderPipeline
 
-from edge_agent import pipeline as pipeline_module
+from edge_agent import pipeline_prepare as prepare_module
 from edge_agent.backends.factory import create_backend
 from edge_agent.cli import main
 from edge_agent.contract import exit_codes
@@ -82,14 +82,14 @@ def _agent_pixels(
 ) -> dict[str, np.ndarray]:
     """What the running pipeline's decoder returned for each file."""
     seen: dict[bytes, np.ndarray] = {}
-    real = pipeline_module.decode_bytes
+    real = prepare_module.decode_bytes
 
     def watched(data: bytes, *args: object, **kwargs: object) -> np.ndarray:
         image = real(data, *args, **kwargs)  # type: ignore[arg-type]
         seen[bytes(data)] = image.copy()
         return image
 
-    monkeypatch.setattr(pipeline_module, "decode_bytes", watched)
+    monkeypatch.setattr(prepare_module, "decode_bytes", watched)
     with FolderPipeline(tmp, bundle, formats=ALL_FORMATS) as rig:
         for name, data in files.items():
             (rig.inbox / name).write_bytes(data)
@@ -181,7 +181,7 @@ def test_a_reload_follows_the_new_bundles_decoding_spec(
     png = _deep_files()["faint16.png"]
     default_way, linear_way = decode_bytes(png, DecodeConfig()), decode_bytes(png, LINEAR.decoder())
     after_swap: list[np.ndarray] = []
-    real = pipeline_module.decode_bytes
+    real = prepare_module.decode_bytes
 
     def watched(data: bytes, *args: object, **kwargs: object) -> np.ndarray:
         image = real(data, *args, **kwargs)  # type: ignore[arg-type]
@@ -208,7 +208,7 @@ def test_a_reload_follows_the_new_bundles_decoding_spec(
         old.close()
         rig.backend = new_backend  # closed by the rig
         assert pipeline.decode.spec == LINEAR
-        monkeypatch.setattr(pipeline_module, "decode_bytes", watched)
+        monkeypatch.setattr(prepare_module, "decode_bytes", watched)
         pipeline.run_batch([queued])
         np.testing.assert_array_equal(queued.image, linear_way)  # decoded again, the new way
         assert queued.decoded_with == LINEAR

@@ -30,7 +30,7 @@ from pipeline_testkit import FolderPipeline  # noqa: E402
 import build_engine.pipeline as build_pipeline  # noqa: E402
 import training.train as train_module  # noqa: E402
 from build_engine.cli import main as build_main  # noqa: E402
-from edge_agent import pipeline as pipeline_module  # noqa: E402
+from edge_agent import pipeline_prepare as prepare_module  # noqa: E402
 from edge_agent.contract import exit_codes  # noqa: E402
 from edge_agent.contract.decode import decode_bytes  # noqa: E402
 from edge_agent.contract.decode_config import (  # noqa: E402
@@ -147,7 +147,7 @@ def test_a_non_default_stretch_gives_the_same_tensors_in_training_the_gate_and_t
     # 3. The running agent's pipeline on the bundle, its decoder and preprocessing watched.
     agent_images: dict[bytes, np.ndarray] = {}
     agent_tensors: dict[bytes, np.ndarray] = {}
-    real_decode, real_pre = pipeline_module.decode_bytes, pipeline_module.preprocess_frame
+    real_decode, real_pre = prepare_module.decode_bytes, prepare_module.preprocess_frame
 
     def watched_decode(data: bytes, *args: Any, **kwargs: Any) -> np.ndarray:
         image = real_decode(data, *args, **kwargs)
@@ -159,8 +159,8 @@ def test_a_non_default_stretch_gives_the_same_tensors_in_training_the_gate_and_t
         agent_tensors[image.tobytes()] = tensor.copy()
         return tensor
 
-    monkeypatch.setattr(pipeline_module, "decode_bytes", watched_decode)
-    monkeypatch.setattr(pipeline_module, "preprocess_frame", watched_pre)
+    monkeypatch.setattr(prepare_module, "decode_bytes", watched_decode)
+    monkeypatch.setattr(prepare_module, "preprocess_frame", watched_pre)
     files = sorted(p for p in labelled.parent.iterdir() if p.suffix in (".png", ".fits"))
     (tmp_path / "agent").mkdir()
     with FolderPipeline(tmp_path / "agent", bundle, formats=ALL_FORMATS) as rig:

@@ -18,7 +18,7 @@ from astropy.io import fits
 from pipeline_testkit import FolderPipeline
 
 from build_engine.images import load_calibration_and_gate, load_gate_only
-from edge_agent import pipeline as pipeline_module
+from edge_agent import pipeline_prepare as prepare_module
 from edge_agent.contract.decode import decode_bytes
 from edge_agent.contract.decode_config import ALL_FORMATS, DecodeConfig
 from edge_agent.contract.labelled_data import open_labelled, read_image_rgb
@@ -68,14 +68,14 @@ def test_every_stage_sees_the_agents_pixels(
 ) -> None:
     files = _files()
     agent_pixels: dict[bytes, np.ndarray] = {}
-    real = pipeline_module.decode_bytes
+    real = prepare_module.decode_bytes
 
     def watched(data: bytes, *args: object, **kwargs: object) -> np.ndarray:
         image = real(data, *args, **kwargs)  # type: ignore[arg-type]
         agent_pixels[bytes(data)] = image.copy()
         return image
 
-    monkeypatch.setattr(pipeline_module, "decode_bytes", watched)
+    monkeypatch.setattr(prepare_module, "decode_bytes", watched)
     (tmp_path / "agent").mkdir()
     with FolderPipeline(tmp_path / "agent", tiny_bundle, formats=ALL_FORMATS) as rig:
         for name, data in files.items():
