@@ -5,6 +5,8 @@ manifest written there with every file's sha256, and only then renamed into plac
 any step removes the staging directory, so the target is either the old bundle or the complete
 new one, never half of either. An existing target is replaced only if it is a bundle (it holds a
 ``manifest.json``) or empty: ``--out`` pointed at the wrong directory must not delete it.
+Single files the builders write outside a bundle (a plan, a timing cache) go through
+:func:`write_file_atomic`, so a reader never sees half of one.
 
 The cache key is computed from the manifest rather than stored in it, so it needs no schema
 change: (source ONNX sha, backend, precision, batch profile, TensorRT version, GPU, compute
@@ -129,6 +131,18 @@ def write_bundle(out_dir: Path, files: Mapping[str, Path], manifest: Manifest) -
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def write_file_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

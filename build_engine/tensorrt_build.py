@@ -15,9 +15,7 @@ cache is persisted (loaded before, saved after) so that rebuilds reuse the tacti
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, TextIO
 
 import tensorrt as trt
 
+from build_engine.bundle import write_file_atomic
 from build_engine.device import gpu, l4t_release
 from build_engine.errors import PrecisionError, TensorRTBuildError
 from edge_agent.backends.tensorrt_common import TensorRTLogger
@@ -108,17 +107,6 @@ def parser_errors(parser: trt.OnnxParser) -> list[str]:
     return lines
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _timing_cache(config: trt.IBuilderConfig, path: Path | None) -> None:
     data = b""
     if path is not None and path.is_file():
@@ -140,7 +128,7 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     cache = config.get_timing_cache()
     if cache is None:
         raise TensorRTBuildError(f"{path}: TensorRT returned no timing cache to save")
-    _write_atomic(path, bytes(memoryview(cache.serialize())))
+    write_file_atomic(path, bytes(memoryview(cache.serialize())))
 
 
 def _use_dla(builder: trt.Builder, config: trt.IBuilderConfig, core: int) -> None:
@@ -252,7 +240,7 @@ def build_plan(
         reason = "; ".join(logger.errors[-5:]) or "no reason given"
         raise TensorRTBuildError(f"{onnx_path}: TensorRT could not build a plan: {reason}")
     try:
-        _write_atomic(plan_path, memoryview(serialized))
+        write_file_atomic(plan_path, memoryview(serialized))
         if timing_cache is not None:
             _save_timing_cache(config, timing_cache)
     except OSError as exc:

@@ -27,7 +27,6 @@ torch graph), which ``galaxy-train`` does not make yet: refused with a message.
 from __future__ import annotations
 
 import importlib
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from build_engine import gate as gate_mod
+from build_engine.bundle import write_file_atomic
 from build_engine.errors import PrecisionError, TensorRTBuildError, UsageError
 from build_engine.progress import bar
 from edge_agent.contract.manifest import (
@@ -240,17 +240,6 @@ def engine_predict(
     return predict
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_request(request: Any) -> Precision:
     """What only this path refuses; the common checks are :func:`pipeline.validate`'s."""
     if request.checkpoint is None:
@@ -326,7 +315,7 @@ def build_with_torch_tensorrt(
             )
             shown.update()
         plan = scratch / PLAN_NAME
-        _write_atomic(plan, data)
+        write_file_atomic(plan, data)
         engine = _deserialize(trt, data)
         io = engine_io(trt, engine)
         log(f"engine: {len(data)} bytes, input {io.input_name!r}, output {io.output_name!r}")
