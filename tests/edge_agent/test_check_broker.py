@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from agent_testkit import agent_config, write_config
 from mqtt_broker import MosquittoBroker, free_port, require_mosquitto
+from mqtt_testkit import server_pki, tls_listener
 from small_filesystem import fill, small_filesystem
-from tls_pki import issue, make_ca, require_openssl
+from tls_pki import require_openssl
 
 from edge_agent.cli import main
 
@@ -41,20 +42,13 @@ def test_wrong_ca_and_wrong_password(
     require_mosquitto()
     require_openssl()
     pki = tmp_path / "pki"
-    make_ca(pki)
-    issue(pki, "server", "broker", "IP:127.0.0.1")
-    other = make_ca(pki, "other", "not the broker's CA")
+    other = server_pki(pki, "IP:127.0.0.1", "not the broker's CA")
     passwd = tmp_path / "passwd"
     passwd.touch()
     subprocess.run(["mosquitto_passwd", "-b", str(passwd), "cam", "right"], check=True, timeout=30)
     broker = MosquittoBroker(
         workdir=tmp_path / "broker",
-        listener_options=[
-            f"cafile {pki / 'ca.pem'}",
-            f"certfile {pki / 'server.pem'}",
-            f"keyfile {pki / 'server.key'}",
-            f"password_file {passwd}",
-        ],
+        listener_options=tls_listener(pki, f"password_file {passwd}"),
         allow_anonymous=False,
     ).start()
     secret = tmp_path / "secret"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from mqtt_broker import Collector, MosquittoBroker, free_port, require_mosquitto
+from mqtt_testkit import publisher_config, roomy_outbox, tls_listener
 from tls_pki import issue, make_ca, require_openssl
 
-from edge_agent.config import MqttConfig, OutboxConfig, TlsConfig
+from edge_agent.config import MqttConfig, TlsConfig
 from edge_agent.mqtt_client import MqttError, MqttPublisher
 from edge_agent.outbox import Outbox
 from edge_agent.payloads import topic
@@ -30,24 +31,15 @@ STATUS = topic("galaxy-edge", DEVICE, "status")
 def make_config(
     broker: MosquittoBroker, tmp_path: Path, protocol: str = "5", window: int = 8, **kw: object
 ) -> MqttConfig:
-    return MqttConfig.model_validate(
-        {
-            "host": broker.host,
-            "port": broker.port,
-            "protocol": protocol,
-            "max_in_flight": window,
-            "keepalive": 30,
-            "reconnect_min_s": 0.2,
-            "reconnect_max_s": 1.0,
-            "outbox": OutboxConfig(path=tmp_path / "outbox.sqlite3"),
-            **kw,
-        }
-    )
+    return publisher_config(
+        broker.host, broker.port, tmp_path, protocol=protocol, max_in_flight=window,
+        reconnect_min_s=0.2, reconnect_max_s=1.0, **kw,
+    )  # fmt: skip
 
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "outbox.sqlite3", max_bytes=1 << 30, max_age_s=3600)
+    box = roomy_outbox(tmp_path)
     yield box
     box.close()
 
@@ -321,12 +313,7 @@ def _start_broker(tmp_path: Path, options: list[str], anonymous: bool) -> Mosqui
 def test_mutual_tls(tmp_path: Path, outbox: Outbox, pki: Path) -> None:
     broker = _start_broker(
         tmp_path,
-        [
-            f"cafile {pki / 'ca.pem'}",
-            f"certfile {pki / 'server.pem'}",
-            f"keyfile {pki / 'server.key'}",
-            "require_certificate true",
-        ],
+        tls_listener(pki, "require_certificate true"),
         anonymous=True,
     )
     tls = {

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from mqtt_broker import Collector, MosquittoBroker, free_port, require_mosquitto
-from tls_pki import issue, make_ca, require_openssl
+from mqtt_testkit import publisher_config, roomy_outbox, server_pki, tls_listener
+from tls_pki import require_openssl
 
 from edge_agent.check import probe_broker
-from edge_agent.config import MqttConfig, OutboxConfig
+from edge_agent.config import MqttConfig
 from edge_agent.mqtt_client import MqttPublisher
 from edge_agent.outbox import Outbox
 from edge_agent.payloads import topic
@@ -33,23 +34,15 @@ CLS = topic("galaxy-edge", DEVICE, "classifications")
 
 
 def config(port: int, tmp_path: Path, **kw: object) -> MqttConfig:
-    return MqttConfig.model_validate(
-        {
-            "host": "127.0.0.1",
-            "port": port,
-            "max_in_flight": 8,
-            "keepalive": 30,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.3,
-            "outbox": OutboxConfig(path=tmp_path / "outbox.sqlite3"),
-            **kw,
-        }
-    )
+    return publisher_config(
+        "127.0.0.1", port, tmp_path, max_in_flight=8, reconnect_min_s=0.1, reconnect_max_s=0.3,
+        **kw,
+    )  # fmt: skip
 
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "outbox.sqlite3", max_bytes=1 << 30, max_age_s=3600)
+    box = roomy_outbox(tmp_path)
     ids = [f"msg-{i:03d}" for i in range(20)]
     box.put_many((CLS, json.dumps({"id": m}).encode(), 1, m) for m in ids)
     yield box
@@ -209,16 +202,9 @@ def test_wrong_ca_is_called_a_tls_verification_failure(
     require_mosquitto()
     require_openssl()
     pki = tmp_path / "pki"
-    make_ca(pki)
-    issue(pki, "server", "broker", "IP:127.0.0.1,DNS:localhost")
-    other_ca = make_ca(pki, "other", "someone else's CA")
+    other_ca = server_pki(pki, "IP:127.0.0.1,DNS:localhost", "someone else's CA")
     broker = MosquittoBroker(
-        workdir=tmp_path / "broker",
-        listener_options=[
-            f"cafile {pki / 'ca.pem'}",
-            f"certfile {pki / 'server.pem'}",
-            f"keyfile {pki / 'server.key'}",
-        ],
+        workdir=tmp_path / "broker", listener_options=tls_listener(pki)
     ).start()
     try:
         wrong_cfg = config(broker.port, tmp_path, tls={"ca_file": other_ca})
