@@ -115,11 +115,8 @@ class FramePreparation(Rejections):
             spec = self.spec
             tensor = None if self.gpu_pre else preprocess_frame(image, spec)
             t2 = time.perf_counter()
-        except NotRegularFileError as exc:
-            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
-            return None
-        except DecodeError as exc:
-            self.reject(frame, exc.reason, str(exc))
+        except (NotRegularFileError, DecodeError) as exc:
+            self._reject_unreadable(frame, exc)
             return None
         except PreprocessError as exc:
             self.reject(frame, "corrupt", str(exc))
@@ -157,11 +154,8 @@ class FramePreparation(Rejections):
                 frame_ref=frame.frame_ref,
                 received=frame.received,
             )
-        except NotRegularFileError as exc:
-            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
-            return None
-        except DecodeError as exc:
-            self.reject(frame, exc.reason, str(exc))
+        except (NotRegularFileError, DecodeError) as exc:
+            self._reject_unreadable(frame, exc)
             return None
         except OSError as exc:  # vanished or unreadable: nothing to quarantine
             log.warning("%s: %s: cannot read (%s); skipped", frame.source, frame.frame_ref, exc)
@@ -188,6 +182,13 @@ class FramePreparation(Rejections):
             Prepared(f, c.image, None, None, read_s, 0.0, cutout=c.position())
             for f, c in zip(share_done(frame, len(run.cutouts)), run.cutouts, strict=True)
         ]
+
+    def _reject_unreadable(self, frame: Frame, exc: NotRegularFileError | DecodeError) -> None:
+        """Not a regular file (a folder stays where it is), or bytes that do not decode."""
+        if isinstance(exc, NotRegularFileError):
+            self.reject(frame, exc.reason, str(exc), movable=not exc.is_directory)
+        else:
+            self.reject(frame, exc.reason, str(exc))
 
     def _log_unexpected(self, frame: Frame, exc: Exception) -> None:
         """The traceback once per kind of failure (type and raising line), one line after that."""
@@ -233,11 +234,8 @@ class FramePreparation(Rejections):
                 if data is None:
                     raise DecodeError("corrupt", "frame without data")
                 p.image = decode_bytes(data, self.decode, f.formats or ALL_FORMATS)
-            except NotRegularFileError as exc:
-                self.reject(f, exc.reason, str(exc), movable=not exc.is_directory)
-                continue
-            except DecodeError as exc:
-                self.reject(f, exc.reason, str(exc))
+            except (NotRegularFileError, DecodeError) as exc:
+                self._reject_unreadable(f, exc)
                 continue
             except OSError as exc:  # vanished since: nothing to quarantine
                 log.warning("%s: %s: cannot read again (%s); skipped", f.source, f.frame_ref, exc)

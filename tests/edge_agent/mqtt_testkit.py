@@ -1,7 +1,10 @@
-"""What the MQTT tests share: a publisher's settings, a roomy outbox, a broker's TLS listener."""
+"""What the MQTT tests share: a publisher's settings, a roomy outbox, a broker's TLS listener,
+and a patient wait."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tls_pki import issue, make_ca
@@ -44,3 +47,13 @@ def tls_listener(pki: Path, *more: str) -> list[str]:
         f"keyfile {pki / 'server.key'}",
         *more,
     ]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """True as soon as ``pred()`` is; after ``timeout`` seconds, whatever it says then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()

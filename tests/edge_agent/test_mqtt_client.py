@@ -7,12 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mqtt_broker import Collector, MosquittoBroker, free_port, require_mosquitto
-from mqtt_testkit import publisher_config, roomy_outbox, tls_listener
+from mqtt_testkit import publisher_config, roomy_outbox, tls_listener, wait_until
 from tls_pki import issue, make_ca, require_openssl
 
 from edge_agent.config import MqttConfig, TlsConfig
@@ -52,15 +52,6 @@ def put_range(box: Outbox, start: int, stop: int) -> list[str]:
 
 def ids_on(collector: Collector, topic_: str = CLS) -> set[str]:
     return {json.loads(m.payload)["id"] for m in collector.on(topic_)}
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

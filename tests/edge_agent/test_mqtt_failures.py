@@ -12,12 +12,12 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mqtt_broker import Collector, MosquittoBroker, free_port, require_mosquitto
-from mqtt_testkit import publisher_config, roomy_outbox, server_pki, tls_listener
+from mqtt_testkit import publisher_config, roomy_outbox, server_pki, tls_listener, wait_until
 from tls_pki import require_openssl
 
 from edge_agent.check import probe_broker
@@ -60,15 +60,6 @@ def failure_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.name == "edge_agent.mqtt_connection" and r.getMessage().startswith("mqtt: ")
     ]
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def test_no_broker_is_logged_once_counted_then_delivered(
