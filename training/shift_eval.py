@@ -129,8 +129,12 @@ def evaluate_run(
     *,
     device: torch.device,
     batch_size: int = 64,
+    correct: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One finished run's test part under each condition: ``{condition: metrics}``."""
+    """One finished run's test part under each condition: ``{condition: metrics}``.
+
+    ``correct``, when given, receives per condition which test images were classified right
+    (and ``_test``: the test part's item indices), for a per-image paired comparison."""
     from training.checkpoint import load_model_weights, resolve_weights
     from training.data import PreprocessedImages, make_loader, value_range
     from training.evaluate import compute_metrics
@@ -167,6 +171,9 @@ def evaluate_run(
             "macro_f1": float(metrics["macro_f1"]),
             "images": int(metrics["images"]),
         }
+    if correct is not None:
+        correct.update({name: np.concatenate(parts) == truth for name, parts in predicted.items()})
+        correct["_test"] = test
     return result
 
 
@@ -200,7 +207,8 @@ def summarise(
     baseline: str,
 ) -> dict[str, Any]:
     """Per variant, the mean accuracy per condition and over the shifted ones; each variant's
-    paired comparison to the baseline on the clean and the shifted mean accuracy."""
+    paired comparison to the baseline on the clean and the shifted mean accuracy (none when
+    ``folds`` is below 2: single runs)."""
     from training.crossval import compare_paired
 
     shifted = [c.name for c in conditions if c.name != CLEAN]
@@ -219,7 +227,7 @@ def summarise(
     comparisons: list[dict[str, Any]] = []
     base_runs = results.get(baseline, {})
     for name, runs in results.items():
-        if name == baseline:
+        if name == baseline or folds < 2:
             continue
         common = sorted(set(runs) & set(base_runs))
         for key in [k for k in (CLEAN, "shifted") if k in keys]:
@@ -234,14 +242,48 @@ def summarise(
     return {"summary": summary, "comparisons": comparisons}
 
 
+def mcnemar(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Two runs' per-image outcomes on the same images: the discordant counts and McNemar's exact
+    two-sided p-value (only images one run gets right and the other wrong carry information)."""
+    from scipy.stats import binomtest
+
+    gained = int(np.sum(other & ~base))
+    lost = int(np.sum(base & ~other))
+    p = 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5).pvalue)
+    return {"gained": gained, "lost": lost, "p_value": p}
+
+
+def compare_single(
+    correct: dict[str, dict[str, np.ndarray]], conditions: Sequence[Condition], baseline: str
+) -> list[dict[str, Any]]:
+    """Each run against the baseline, per condition, on the same test images."""
+    rows: list[dict[str, Any]] = []
+    base = correct[baseline]
+    for name, own in correct.items():
+        if name == baseline:
+            continue
+        if not np.array_equal(own["_test"], base["_test"]):
+            raise UsageError(
+                f"runs {baseline} and {name} have other test parts; compare runs that share "
+                "their split (the same data, seed and fractions)"
+            )
+        for c in conditions:
+            diff = float(own[c.name].mean() - base[c.name].mean())
+            rows.append(
+                {"variant": name, "condition": c.name, "diff": diff}
+                | mcnemar(base[c.name], own[c.name])
+            )
+    return rows
+
+
 def format_report(doc: dict[str, Any]) -> str:
     names = [c["name"] for c in doc["conditions"]]
     keys = names + (["shifted"] if len(names) > 1 else [])
     lines = [
-        f"# Accuracy under survey shift: {doc['runs_dir']} ({doc['folds']} folds)",
+        f"# Accuracy under survey shift: {doc['title']}",
         "",
-        "Mean test accuracy over the finished folds; `shifted` is the mean over every condition "
-        "but `clean`.",
+        "Test accuracy (the mean over the finished folds of each variant); `shifted` is the "
+        "mean over every condition but `clean`.",
         "",
         "| variant | runs | " + " | ".join(keys) + " |",
         "|---|---|" + "---|" * len(keys),
@@ -251,6 +293,20 @@ def format_report(doc: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['runs']} | {cells} |")
     lines += ["", "| condition | what it is |", "|---|---|"]
     lines += [f"| {c['name']} | {c['meaning']} |" for c in doc["conditions"]]
+    if doc.get("per_image"):
+        lines += [
+            "",
+            "Against the baseline on the same test images: images gained and lost, McNemar's "
+            "exact two-sided p-value.",
+            "",
+            "| run | condition | diff | gained | lost | p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in doc["per_image"]:
+            lines.append(
+                f"| {r['variant']} | {r['condition']} | {r['diff']:+.3f} | {r['gained']} | "
+                f"{r['lost']} | {r['p_value']:.3f} |"
+            )
     if doc["comparisons"]:
         lines += [
             "",
@@ -309,6 +365,7 @@ def run_shift(
                 + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in row.items())
             )
     doc: dict[str, Any] = {
+        "title": f"{runs_dir} ({folds} folds)",
         "runs_dir": str(runs_dir),
         "data": str(data),
         "folds": folds,
@@ -323,6 +380,60 @@ def run_shift(
     return doc
 
 
+def run_single(
+    runs: dict[str, Path],
+    data: Path,
+    out: Path,
+    *,
+    conditions: Sequence[Condition] = CONDITIONS,
+    device: torch.device | None = None,
+    echo: Echo = print,
+) -> dict[str, Any]:
+    """Single runs that share their split (the first is the baseline), each on its test part
+    under ``conditions``, compared image by image; writes the report into ``out``."""
+    from edge_agent.contract.labelled_data import open_labelled
+    from training.checkpoint import read_checkpoint_config, resolve_weights
+
+    for name, run_dir in runs.items():
+        if not (run_dir / "split.json").is_file():
+            raise UsageError(f"--run {name}={run_dir}: not a run directory (no split.json)")
+    device = device or torch.device("cpu")
+    first = read_checkpoint_config(resolve_weights(next(iter(runs.values()))))
+    images = open_labelled(
+        data, check_conflicts=first.check_conflicts, decode=first.decode.decoder()
+    )
+    results: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    correct: dict[str, dict[str, np.ndarray]] = {}
+    for name, run_dir in runs.items():
+        correct[name] = {}
+        row = evaluate_run(run_dir, images, conditions, device=device, correct=correct[name])
+        results[name] = {"test": row}
+        echo(f"{name}: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in row.items()))
+    baseline = next(iter(runs))
+    doc: dict[str, Any] = {
+        "title": ", ".join(f"{n} = {d}" for n, d in runs.items()),
+        "data": str(data),
+        "conditions": [c.__dict__ for c in conditions],
+        "runs": results,
+        "summary": summarise(results, conditions, 0, baseline)["summary"],
+        "per_image": compare_single(correct, conditions, baseline),
+        "comparisons": [],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    report = format_report(doc)
+    (out / REPORT_NAME).write_text(report, encoding="utf-8")
+    echo(report)
+    return doc
+
+
+def parse_run(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=RUN_DIR")
+    return name, Path(path)
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
     p = sub.add_parser(
         "shift",
@@ -335,7 +446,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--runs", required=True, type=Path, help="the --out of galaxy-train crossval")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--runs", type=Path, help="the --out of galaxy-train crossval")
+    which.add_argument(
+        "--run",
+        action="append",
+        type=parse_run,
+        metavar="NAME=RUN_DIR",
+        help="a single run instead (repeatable; the first is the baseline); runs must share "
+        "their split and are compared image by image (McNemar); needs --out",
+    )
+    p.add_argument("--out", type=Path, help="with --run: the folder for shift.json and shift.md")
     p.add_argument("--data", required=True, type=Path, help="the --data the runs trained on")
     p.add_argument(
         "--conditions",
@@ -358,6 +479,16 @@ def run(args: argparse.Namespace) -> int:
         if CLEAN not in names:
             names.insert(0, CLEAN)
         conditions = by_name(names)
+    if args.run:
+        if args.out is None:
+            raise UsageError("--run needs --out, the folder for shift.json and shift.md")
+        runs = dict(args.run)
+        if len(runs) != len(args.run):
+            raise UsageError("--run names must differ")
+        run_single(
+            runs, args.data, args.out, conditions=conditions, device=torch.device(args.device)
+        )
+        return exit_codes.OK
     run_shift(
         args.runs,
         args.data,

@@ -18,7 +18,9 @@ from training.shift_eval import (
     Condition,
     apply_condition,
     by_name,
+    mcnemar,
     run_shift,
+    run_single,
 )
 
 RANGE = (-1.0, 1.0)
@@ -123,6 +125,30 @@ def test_shift_reads_crossval_runs_and_its_clean_column_is_their_test_accuracy(
     assert "| smooth | 2 |" in report and "seeing" in report
     assert json.loads((out / "shift.json").read_text())["folds"] == 2
 
+    # single runs that share a split, compared image by image
+    single = tmp_path / "single"
+    runs = ["--run", f"base={out / 'base' / 'r0f0'}", "--run", f"smooth={out / 'smooth' / 'r0f0'}"]
+    options = ["--data", str(easy_folder), "--out", str(single), "--conditions", "seeing"]
+    code = main(["shift", *options, *runs])
+    assert code == 0
+    pair = json.loads((single / "shift.json").read_text())
+    for row in pair["per_image"]:
+        base_acc = doc["runs"]["base"]["r0f0"][row["condition"]]["accuracy"]
+        own_acc = doc["runs"]["smooth"]["r0f0"][row["condition"]]["accuracy"]
+        assert row["diff"] == pytest.approx(own_acc - base_acc)
+        images = doc["runs"]["base"]["r0f0"]["clean"]["images"]
+        assert row["gained"] - row["lost"] == round(row["diff"] * images)
+        assert 0.0 <= row["p_value"] <= 1.0
+    assert {r["condition"] for r in pair["per_image"]} == {"clean", "seeing"}
+    with pytest.raises(UsageError, match="other test parts"):
+        run_single(
+            {"a": out / "base" / "r0f0", "b": out / "base" / "r0f1"},
+            easy_folder,
+            tmp_path / "bad",
+            conditions=conditions[:1],
+            echo=lambda _: None,
+        )
+
 
 def test_cli_refuses_a_folder_that_is_not_a_crossval_out(
     easy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -134,3 +160,16 @@ def test_cli_refuses_a_folder_that_is_not_a_crossval_out(
     )
     assert code == 2
     assert "unknown condition" in capsys.readouterr().err
+    assert main(["shift", "--run", f"a={tmp_path}", "--data", str(easy_folder)]) == 2
+    assert "--run needs --out" in capsys.readouterr().err
+
+
+def test_mcnemar_counts_only_the_discordant_images() -> None:
+    base = np.array([True] * 50 + [False] * 50)
+    same = mcnemar(base, base.copy())
+    assert same == {"gained": 0, "lost": 0, "p_value": 1.0}
+    other = base.copy()
+    other[50:60] = True  # 10 gained, none lost: p = 2 / 2**10
+    result = mcnemar(base, other)
+    assert (result["gained"], result["lost"]) == (10, 0)
+    assert result["p_value"] == pytest.approx(2 / 2**10)
