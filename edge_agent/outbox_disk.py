@@ -1,8 +1,9 @@
 """The outbox on a full disk: the reserve, the full state, and deletes that the disk refuses.
 
-A full file system is a state, not a crash (see :class:`~edge_agent.outbox_errors.OutboxFullError`). SQLite in WAL mode
-needs free space for *every* write, deletes included: a DELETE appends pages to the WAL, and a
-checkpoint copies them into the main file. A disk filled by our own puts would therefore also
+A full file system is a state, not a crash (see
+:class:`~edge_agent.outbox_errors.OutboxFullError`). SQLite in WAL mode needs free space for
+*every* write, deletes included: a DELETE appends pages to the WAL, and a checkpoint copies them
+into the main file. A disk filled by our own puts would therefore also
 refuse the deletes of acknowledged messages, and the publisher would re-send them for ever.
 Three measures keep deliveries going on a full disk:
 
@@ -14,7 +15,8 @@ Three measures keep deliveries going on a full disk:
 * ``auto_vacuum=INCREMENTAL``: pages freed by deletes go back to the file system, so an outbox
   that filled the disk during an outage gives the space back as it drains.
 * an acknowledged message whose delete still fails is remembered in memory, skipped by
-  :meth:`~edge_agent.outbox.Outbox.take_unsent` and deleted later: never re-sent while the process lives.
+  :meth:`~edge_agent.outbox.Outbox.take_unsent` and deleted later: never re-sent while the
+  process lives.
 """
 
 from __future__ import annotations
