@@ -26,6 +26,7 @@ from edge_agent.contract.manifest import (
     write_manifest,
 )
 from edge_agent.contract.preprocess import DEFAULT_SPEC
+from edge_agent.local_run import merged
 
 
 def build_tiny_onnx(path: Path, seed: int = 0, size: int = 256) -> None:
@@ -124,12 +125,7 @@ def agent_config(tmp: Path, bundle: Path, broker: Any | None, **overrides: Any) 
             "outbox": {"path": str(tmp / "state" / "outbox.sqlite3")},
         },
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
+    return merged(cfg, overrides)
 
 
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:

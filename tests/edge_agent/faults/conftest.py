@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from agent_testkit import write_config
-from fault_kit import AgentProcess, Consumer
+from fault_kit import AgentProcess, Consumer, Rig
 from mqtt_broker import MosquittoBroker
 
 
@@ -58,3 +58,20 @@ def agent_of(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield make
     for agent in made:
         agent.close()
+
+
+@pytest.fixture
+def rig_on(
+    tmp_path: Path,
+    tiny_bundle: Path,
+    consumer_of: Callable[[MosquittoBroker], Consumer],
+    agent_of: Callable[..., AgentProcess],
+) -> Callable[[MosquittoBroker], Rig]:
+    """``rig_on(broker)``: a scenario on ``broker``, its consumer subscribed before anything."""
+    return lambda broker: Rig(tmp_path, tiny_bundle, broker, consumer_of(broker), agent_of)
+
+
+@pytest.fixture
+def rig(persistent_broker: MosquittoBroker, rig_on: Callable[[MosquittoBroker], Rig]) -> Rig:
+    """A scenario on a broker that keeps the consumer's session across its own restarts."""
+    return rig_on(persistent_broker)

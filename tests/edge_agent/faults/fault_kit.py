@@ -8,6 +8,8 @@
 * :class:`Consumer` is the downstream subscriber with a persistent session: it counts every
   classification and error by its ``id`` (what consumers deduplicate on), so a test can state
   frames in, results out, lost and duplicates.
+* :class:`Rig` holds one scenario's pieces (folder, bundle, broker, consumer) and starts the
+  agent on them;
 * :func:`record` writes a scenario's figures to the JSON file named by ``$FAULTS_REPORT``
   (docs/reliability.md is filled from it).
 
@@ -30,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ import cv2
 import psutil
 from agent_testkit import agent_config, drop_file, galaxy_like
 from mqtt_broker import Collector, MosquittoBroker
+
+from edge_agent.local_run import merged
 
 T = "galaxy-edge/dev1/"
 REPORT_ENV = "FAULTS_REPORT"
@@ -74,12 +78,7 @@ def fault_config(
         drain_timeout_s=20,
     )
     cfg["mqtt"]["max_in_flight"] = MAX_IN_FLIGHT
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
+    return merged(cfg, overrides)
 
 
 # --- frames ---------------------------------------------------------------------------------
@@ -338,6 +337,36 @@ def tally(consumer: Consumer, names: Iterable[str]) -> Tally:
     )
 
 
+# --- a scenario -----------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    """One scenario: its folder and bundle, a broker and a consumer already subscribed to it."""
+
+    tmp: Path
+    bundle: Path
+    broker: MosquittoBroker
+    consumer: Consumer
+    agent_of: Callable[..., AgentProcess]  # the ``agent_of`` fixture: stops what it started
+
+    @property
+    def inbox(self) -> Path:
+        return self.tmp / "inbox"
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """:func:`fault_config` for this scenario's folder, bundle and broker."""
+        return fault_config(self.tmp, self.bundle, self.broker, **overrides)
+
+    def start_agent(
+        self, cfg: dict[str, Any] | None = None, wrap: list[str] | None = None
+    ) -> AgentProcess:
+        """``edge-agent run`` on ``cfg`` (default :meth:`config`), once it has said READY=1."""
+        agent = self.agent_of(self.config() if cfg is None else cfg, wrap=wrap)
+        assert agent.wait_ready(60), agent.log_tail()
+        return agent
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -360,3 +389,8 @@ def record(scenario: str, figures: dict[str, Any]) -> None:
 
 def mib(n: int) -> float:
     return round(n / 2**20, 1)
+
+
+def figures(t: Tally, agent: AgentProcess, code: int) -> dict[str, Any]:
+    """What every stream scenario reports: its tally, the agent's peak memory and exit code."""
+    return {**asdict(t), "peak_rss_mib": mib(agent.peak_rss), "agent_exit_code": code}

@@ -9,39 +9,17 @@ yet marked done.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-from fault_kit import (
-    MAX_BATCH,
-    MAX_IN_FLIGHT,
-    AgentProcess,
-    Consumer,
-    Feeder,
-    fault_config,
-    mib,
-    record,
-    tally,
-)
-from mqtt_broker import MosquittoBroker
+from fault_kit import MAX_BATCH, MAX_IN_FLIGHT, Feeder, Rig, figures, record, tally
 
 FRAMES = 2000
 RATE = 150.0
 KILL_AT = (400, 900, 1400)
 
 
-def test_agent_killed_three_times_loses_nothing(
-    tmp_path: Path,
-    tiny_bundle: Path,
-    persistent_broker: MosquittoBroker,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
-) -> None:
-    broker = persistent_broker
-    consumer = consumer_of(broker)
-    agent = agent_of(fault_config(tmp_path, tiny_bundle, broker))
-    assert agent.wait_ready(60), agent.log_tail()
-    feeder = Feeder(tmp_path / "inbox", FRAMES, RATE).start()
+def test_agent_killed_three_times_loses_nothing(rig: Rig) -> None:
+    consumer = rig.consumer
+    agent = rig.start_agent()
+    feeder = Feeder(rig.inbox, FRAMES, RATE).start()
     for at in KILL_AT:
         assert feeder.wait_dropped(at), "feeder stalled"
         assert agent.alive, agent.log_tail()
@@ -60,15 +38,9 @@ def test_agent_killed_three_times_loses_nothing(
         "agent_killed",
         {
             "injected": "agent SIGKILLed 3 times mid-stream, restarted each time",
-            "frames_in": t.frames_in,
-            "results_out": t.results_out,
-            "messages": t.messages,
-            "lost": t.lost,
-            "duplicates": t.duplicates,
+            **figures(t, agent, code),
             "duplicate_bound": bound,
-            "peak_rss_mib": mib(agent.peak_rss),
             "agent_starts": agent.starts,
-            "agent_exit_code": code,
         },
     )
     assert delivered and t.lost == 0, (t, agent.log_tail())

@@ -6,40 +6,19 @@ first frame; the durable outbox holds the results until the broker is there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from fault_kit import (
-    MAX_IN_FLIGHT,
-    AgentProcess,
-    Consumer,
-    Feeder,
-    fault_config,
-    mib,
-    outbox_depth,
-    record,
-    tally,
-    wait_until,
-)
-from mqtt_broker import MosquittoBroker
+from fault_kit import MAX_IN_FLIGHT, Feeder, Rig, figures, outbox_depth, record, tally, wait_until
 
 FRAMES = 300
 
 
-def test_broker_down_at_start_spools_then_delivers(
-    tmp_path: Path,
-    tiny_bundle: Path,
-    persistent_broker: MosquittoBroker,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
-) -> None:
-    broker = persistent_broker
-    consumer = consumer_of(broker)  # its session is kept while the broker is down
+def test_broker_down_at_start_spools_then_delivers(rig: Rig) -> None:
+    broker, consumer = rig.broker, rig.consumer  # its session is kept while the broker is down
     broker.stop()
-    cfg = fault_config(tmp_path, tiny_bundle, broker)
-    agent = agent_of(cfg)
-    assert agent.wait_ready(60), agent.log_tail()
-    feeder = Feeder(tmp_path / "inbox", FRAMES, rate=300.0).start()
+    cfg = rig.config()
+    agent = rig.start_agent(cfg)
+    feeder = Feeder(rig.inbox, FRAMES, rate=300.0).start()
     feeder.finish()
     outbox = Path(cfg["mqtt"]["outbox"]["path"])
     spooled = wait_until(lambda: outbox_depth(outbox) >= FRAMES, 120)
@@ -55,14 +34,8 @@ def test_broker_down_at_start_spools_then_delivers(
         "broker_down_at_start",
         {
             "injected": "no broker when the agent starts; it comes up after all frames",
-            "frames_in": t.frames_in,
-            "results_out": t.results_out,
-            "messages": t.messages,
-            "lost": t.lost,
-            "duplicates": t.duplicates,
+            **figures(t, agent, code),
             "spooled_in_outbox": depth,
-            "peak_rss_mib": mib(agent.peak_rss),
-            "agent_exit_code": code,
         },
     )
     assert delivered and t.lost == 0, (t, agent.log_tail())

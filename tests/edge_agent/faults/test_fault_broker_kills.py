@@ -9,42 +9,21 @@ queued for it even before it reconnects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from fault_kit import (
-    MAX_IN_FLIGHT,
-    AgentProcess,
-    Consumer,
-    Feeder,
-    fault_config,
-    mib,
-    outbox_depth,
-    record,
-    tally,
-    wait_until,
-)
-from mqtt_broker import MosquittoBroker
+from fault_kit import MAX_IN_FLIGHT, Feeder, Rig, figures, outbox_depth, record, tally, wait_until
 
 FRAMES = 2000
 RATE = 150.0  # frames per second: the stream lasts long enough for three outages
 KILL_AT = (400, 900, 1400)
 
 
-def test_broker_killed_three_times_loses_nothing(
-    tmp_path: Path,
-    tiny_bundle: Path,
-    persistent_broker: MosquittoBroker,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
-) -> None:
-    broker = persistent_broker
-    consumer = consumer_of(broker)
-    cfg = fault_config(tmp_path, tiny_bundle, broker)
-    agent = agent_of(cfg)
-    assert agent.wait_ready(60), agent.log_tail()
+def test_broker_killed_three_times_loses_nothing(rig: Rig) -> None:
+    broker, consumer = rig.broker, rig.consumer
+    cfg = rig.config()
+    agent = rig.start_agent(cfg)
     outbox = Path(cfg["mqtt"]["outbox"]["path"])
-    feeder = Feeder(tmp_path / "inbox", FRAMES, RATE).start()
+    feeder = Feeder(rig.inbox, FRAMES, RATE).start()
     in_flight_at_kill = 0
     for k, at in enumerate(KILL_AT):
         assert feeder.wait_dropped(at), "feeder stalled"
@@ -70,15 +49,9 @@ def test_broker_killed_three_times_loses_nothing(
         "broker_killed",
         {
             "injected": "broker SIGKILLed 3 times (once after SIGSTOP with the window full)",
-            "frames_in": t.frames_in,
-            "results_out": t.results_out,
-            "messages": t.messages,
-            "lost": t.lost,
-            "duplicates": t.duplicates,
+            **figures(t, agent, code),
             "duplicate_bound": len(KILL_AT) * MAX_IN_FLIGHT,
             "outbox_depth_at_sigstop_kill": in_flight_at_kill,
-            "peak_rss_mib": mib(agent.peak_rss),
-            "agent_exit_code": code,
         },
     )
     assert delivered and t.lost == 0, (t, agent.log_tail())

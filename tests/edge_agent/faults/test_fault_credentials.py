@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 from fault_kit import (
     MAX_IN_FLIGHT,
-    AgentProcess,
-    Consumer,
     Feeder,
+    Rig,
     fault_config,
-    mib,
+    figures,
     outbox_depth,
     record,
     tally,
@@ -42,7 +41,7 @@ class Case:
     broker: MosquittoBroker
     config: dict[str, Any]  # the agent's, wrong
     expect: re.Pattern[str]  # the log line that says what is wrong
-    fix: Callable[[dict[str, Any]], None]  # makes it right (may change the config in place)
+    fix: Callable[[dict[str, Any]], object]  # makes it right (may change the config in place)
     restart: str  # what the operator restarts after the fix: "agent" or "broker"
 
 
@@ -53,15 +52,26 @@ def _passwd(folder: Path, user: str, password: str) -> Path:
     return path
 
 
-def wrong_password(tmp: Path, bundle: Path) -> Case:
-    passwd = _passwd(tmp, "dev1", "s3cret")
+def _as_dev1(
+    tmp: Path, bundle: Path, password: str, agent_password: str, options: list[str]
+) -> tuple[MosquittoBroker, dict[str, Any], Path]:
+    """A broker that knows ``dev1`` by ``password``; the agent's config, logging in as ``dev1``
+    with ``agent_password`` read from the file returned last."""
+    passwd = _passwd(tmp, "dev1", password)
     broker = MosquittoBroker(
-        workdir=tmp / "broker", persistence=True, listener_options=[f"password_file {passwd}"]
+        workdir=tmp / "broker",
+        persistence=True,
+        listener_options=[f"password_file {passwd}", *options],
     )
     secret = tmp / "mqtt-password"
-    secret.write_text("not-the-password\n")
+    secret.write_text(agent_password + "\n")
     cfg = fault_config(tmp, bundle, broker)
     cfg["mqtt"] |= {"username": "dev1", "password_file": str(secret)}
+    return broker, cfg, secret
+
+
+def wrong_password(tmp: Path, bundle: Path) -> Case:
+    broker, cfg, secret = _as_dev1(tmp, bundle, "s3cret", "not-the-password", [])
     return Case(
         broker,
         cfg,
@@ -98,19 +108,10 @@ def wrong_ca(tmp: Path, bundle: Path) -> Case:
 
 
 def forbidding_acl(tmp: Path, bundle: Path) -> Case:
-    passwd = _passwd(tmp, "dev1", "pw")
     acl = tmp / "acl"
     # Anonymous (the consumer) may read everything; dev1 only read its own topics.
     acl.write_text("topic read galaxy-edge/#\n\nuser dev1\ntopic read galaxy-edge/#\n")
-    broker = MosquittoBroker(
-        workdir=tmp / "broker",
-        persistence=True,
-        listener_options=[f"password_file {passwd}", f"acl_file {acl}"],
-    )
-    secret = tmp / "mqtt-password"
-    secret.write_text("pw\n")
-    cfg = fault_config(tmp, bundle, broker)
-    cfg["mqtt"] |= {"username": "dev1", "password_file": str(secret)}
+    broker, cfg, _ = _as_dev1(tmp, bundle, "pw", "pw", [f"acl_file {acl}"])
     return Case(
         broker,
         cfg,
@@ -129,17 +130,16 @@ def test_bad_credentials_are_named_and_nothing_is_lost(
     make: Callable[[Path, Path], Case],
     tmp_path: Path,
     tiny_bundle: Path,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
+    rig_on: Callable[[MosquittoBroker], Rig],
 ) -> None:
     require_mosquitto()
     case = make(tmp_path, tiny_bundle)
     broker = case.broker.start()
     try:
-        consumer = consumer_of(broker)
-        agent = agent_of(case.config)
-        assert agent.wait_ready(60), agent.log_tail()  # starts, classifies, spools
-        feeder = Feeder(tmp_path / "inbox", FRAMES, rate=100.0).start()
+        rig = rig_on(broker)
+        consumer = rig.consumer
+        agent = rig.start_agent(case.config)  # starts, classifies, spools
+        feeder = Feeder(rig.inbox, FRAMES, rate=100.0).start()
         feeder.finish()
 
         def said() -> list[str]:
@@ -154,8 +154,7 @@ def test_bad_credentials_are_named_and_nothing_is_lost(
         case.fix(case.config)
         if case.restart == "agent":
             assert agent.stop() == 0, agent.log_tail()
-            agent = agent_of(case.config)
-            assert agent.wait_ready(60), agent.log_tail()
+            agent = rig.start_agent(case.config)
         else:
             broker.restart()
         delivered = consumer.wait_refs(feeder.names, 120)
@@ -168,16 +167,10 @@ def test_bad_credentials_are_named_and_nothing_is_lost(
         f"credentials_{make.__name__}",
         {
             "injected": make.__name__.replace("_", " "),
-            "frames_in": t.frames_in,
-            "results_out": t.results_out,
-            "messages": t.messages,
-            "lost": t.lost,
-            "duplicates": t.duplicates,
+            **figures(t, agent, code),
             "failure_log_lines": len(noise),
             "log_line": lines[0].replace(str(tmp_path), "TMP") if lines else None,
             "fixed_by_restarting": case.restart,
-            "peak_rss_mib": mib(agent.peak_rss),
-            "agent_exit_code": code,
         },
     )
     assert delivered and t.lost == 0, (t, agent.log_tail())

@@ -20,24 +20,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fault_kit import (
-    MAX_IN_FLIGHT,
-    AgentProcess,
-    Consumer,
-    Feeder,
-    fault_config,
-    mib,
-    record,
-    tally,
-    wait_until,
-)
-from mqtt_broker import MosquittoBroker
+from fault_kit import MAX_IN_FLIGHT, AgentProcess, Feeder, Rig, figures, record, tally, wait_until
 from small_filesystem import fill, small_filesystem
 
 DISK_BYTES = 16 * 2**20  # the outbox keeps a 4 MiB reserve for deletes when full
@@ -105,22 +94,14 @@ def _full_lines(agent: AgentProcess) -> list[str]:
     ]
 
 
-def test_full_outbox_disk_back_pressure_then_recovery(
-    tmp_path: Path,
-    tiny_bundle: Path,
-    persistent_broker: MosquittoBroker,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
-) -> None:
-    broker = persistent_broker
-    consumer = consumer_of(broker)
+def test_full_outbox_disk_back_pressure_then_recovery(tmp_path: Path, rig: Rig) -> None:
+    broker, consumer = rig.broker, rig.consumer
     with small_disk(tmp_path / "outbox-fs") as disk:
-        cfg = fault_config(tmp_path, tiny_bundle, broker)
+        cfg = rig.config()
         cfg["mqtt"]["outbox"]["path"] = str(disk.path / "outbox.sqlite3")
-        agent = agent_of(cfg, wrap=disk.wrap)
-        assert agent.wait_ready(60), agent.log_tail()
+        agent = rig.start_agent(cfg, wrap=disk.wrap)
         fs = disk.host_path(agent)
-        inbox = tmp_path / "inbox"
+        inbox = rig.inbox
 
         # 1. Normal service.
         first = Feeder(inbox, BEFORE, rate=200.0, prefix="before").start()
@@ -134,7 +115,7 @@ def test_full_outbox_disk_back_pressure_then_recovery(
         ballast = fill(fs)
         second.finish()
         # Frames wait (in the folder, the queues); the agent says why, and stays up.
-        assert wait_until(lambda: _full_lines(agent), 60), agent.log_tail()
+        assert wait_until(lambda: bool(_full_lines(agent)), 60), agent.log_tail()
         assert wait_until(lambda: not agent.alive, 5) is False, agent.log_tail()
 
         # 3. The broker returns while the disk is still full: what is stored goes out once.
@@ -158,11 +139,7 @@ def test_full_outbox_disk_back_pressure_then_recovery(
                 f"outbox on a {DISK_BYTES // 2**20} MiB tmpfs ({disk.how}); broker stopped, "
                 "disk filled with ballast mid-stream, broker back while full, then space freed"
             ),
-            "frames_in": t.frames_in,
-            "results_out": t.results_out,
-            "messages": t.messages,
-            "lost": t.lost,
-            "duplicates": t.duplicates,
+            **figures(t, agent, code),
             "duplicates_while_full": partial.duplicates,
             "delivered_while_full": partial.results_out,
             "errors_messages": len(consumer.bodies("errors")),
@@ -175,9 +152,7 @@ def test_full_outbox_disk_back_pressure_then_recovery(
             "log_while_full": [line.replace(str(tmp_path), "TMP") for line in _full_lines(agent)][
                 :3
             ],
-            "peak_rss_mib": mib(agent.peak_rss),
             "agent_starts": agent.starts,
-            "agent_exit_code": code,
         },
     )
     assert spooled_out, "nothing stored before the disk filled went out while it was full"

@@ -21,16 +21,7 @@ import hostile_corpus
 import paho.mqtt.client as mqtt
 import pytest
 from agent_testkit import drop_file
-from fault_kit import (
-    AgentProcess,
-    Consumer,
-    T,
-    fault_config,
-    mib,
-    record,
-    small_pngs,
-    wait_until,
-)
+from fault_kit import Rig, T, mib, record, small_pngs, wait_until
 from jsonschema import Draft202012Validator
 from mqtt_broker import MosquittoBroker
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -74,26 +65,19 @@ def _publish_frames(broker: MosquittoBroker, frames: list[tuple[str, bytes]]) ->
 
 
 def test_hostile_corpus_is_rejected_and_good_frames_classified(
-    tmp_path: Path,
-    tiny_bundle: Path,
-    mosquitto: MosquittoBroker,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
+    tmp_path: Path, mosquitto: MosquittoBroker, rig_on: Callable[[MosquittoBroker], Rig]
 ) -> None:
     bad, odd_good = hostile_corpus.build(tmp_path / "staging", tmp_path / "outside")
     mqtt_bad, mqtt_good = hostile_corpus.mqtt_frames()
     assert len(bad) >= 200, len(bad)
-    consumer = consumer_of(mosquitto)
-    cfg = fault_config(
-        tmp_path,
-        tiny_bundle,
-        mosquitto,
-        decode={"max_bytes": hostile_corpus.MAX_BYTES, "max_pixels": hostile_corpus.MAX_PIXELS},
+    rig = rig_on(mosquitto)
+    consumer = rig.consumer
+    cfg = rig.config(
+        decode={"max_bytes": hostile_corpus.MAX_BYTES, "max_pixels": hostile_corpus.MAX_PIXELS}
     )
     cfg["sources"].append({"uri": "mqtt://", "name": "receiver"})
-    agent = agent_of(cfg)
-    assert agent.wait_ready(60), agent.log_tail()
-    inbox = tmp_path / "inbox"
+    agent = rig.start_agent(cfg)
+    inbox = rig.inbox
     staging = tmp_path / "staging"
     pngs = small_pngs()
     good_names: set[str] = set()
@@ -194,12 +178,7 @@ def test_hostile_corpus_is_rejected_and_good_frames_classified(
     ],
 )
 def test_file_names_that_break_careless_code_get_an_answer(
-    names: list[bytes],
-    tmp_path: Path,
-    tiny_bundle: Path,
-    mosquitto: MosquittoBroker,
-    consumer_of: Callable[[MosquittoBroker], Consumer],
-    agent_of: Callable[..., AgentProcess],
+    names: list[bytes], mosquitto: MosquittoBroker, rig_on: Callable[[MosquittoBroker], Rig]
 ) -> None:
     """Linux names are bytes of up to 255: each file, good or bad, still gets an answer.
 
@@ -207,10 +186,10 @@ def test_file_names_that_break_careless_code_get_an_answer(
     reason: either is an answer. What must not happen is the agent dying or the folder going
     deaf, so frames dropped after them are checked too.
     """
-    consumer = consumer_of(mosquitto)
-    agent = agent_of(fault_config(tmp_path, tiny_bundle, mosquitto))
-    assert agent.wait_ready(60), agent.log_tail()
-    inbox = tmp_path / "inbox"
+    rig = rig_on(mosquitto)
+    consumer = rig.consumer
+    agent = rig.start_agent()
+    inbox = rig.inbox
     pngs = small_pngs()
     for i, name in enumerate(names):
         (inbox / os.fsdecode(name)).write_bytes(pngs[i])
