@@ -23,18 +23,10 @@ from catalogue.store.schema import ColumnTypes, ddl
 
 log = logging.getLogger(__name__)
 
-_DDL = ddl(
-    ColumnTypes(
-        time="TIMESTAMPTZ",
-        small_int="SMALLINT",
-        real="DOUBLE PRECISION",
-        boolean="BOOLEAN",
-        reals="DOUBLE PRECISION[]",
-        json="JSONB",
-        blob="BYTEA",
-        serial_key="BIGSERIAL PRIMARY KEY",
-    )
-)
+_DDL = ddl(ColumnTypes(
+    time="TIMESTAMPTZ", small_int="SMALLINT", real="DOUBLE PRECISION", boolean="BOOLEAN",
+    reals="DOUBLE PRECISION[]", json="JSONB", blob="BYTEA", serial_key="BIGSERIAL PRIMARY KEY",
+))  # fmt: skip
 _Q3C_INDEX = (
     "CREATE INDEX IF NOT EXISTS classifications_q3c ON classifications "
     "(q3c_ang2ipix(ra, dec)) WHERE ra IS NOT NULL"

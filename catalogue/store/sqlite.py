@@ -19,22 +19,14 @@ from catalogue.store.base import Store, iso
 from catalogue.store.query import Cone, angular_separation
 from catalogue.store.schema import ColumnTypes, ddl
 
-_DDL = ddl(
-    ColumnTypes(
-        time="TEXT",
-        small_int="INTEGER",
-        real="REAL",
-        boolean="INTEGER",
-        reals="TEXT",
-        json="TEXT",
-        blob="BLOB",
-        serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
-    )
-) + (
+_DDL = ddl(ColumnTypes(
+    time="TEXT", small_int="INTEGER", real="REAL", boolean="INTEGER", reals="TEXT", json="TEXT",
+    blob="BLOB", serial_key="INTEGER PRIMARY KEY AUTOINCREMENT",
+)) + (
     # No sky index: a cone search narrows on declination first.
     "CREATE INDEX IF NOT EXISTS classifications_dec ON classifications (dec) "
     "WHERE dec IS NOT NULL;\n"
-)
+)  # fmt: skip
 
 
 class SqliteStore(Store):
