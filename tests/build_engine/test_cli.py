@@ -15,8 +15,8 @@ from onnx import numpy_helper
 
 from build_engine.cli import EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_STALE, EXIT_USAGE, main
 from build_engine.device import probe
-from build_engine.pipeline import TRT_NOTICE
 from build_engine.quantize import QuantizeReport
+from build_engine.request import TRT_NOTICE
 from edge_agent.contract.manifest import load_bundle, sha256_file
 
 HAS_TRT = probe().tensorrt_version is not None
@@ -247,24 +247,34 @@ def test_fallback_builds_fp16_loudly_when_int8_is_refused(
 
 @pytest.fixture(scope="module")
 def five_class_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
     path = tmp_path_factory.mktemp("five") / "five.onnx"
+    return _export_conv_classifier(path, classes=5, size=32, names=("input", "logits"))
+
+
+def _export_conv_classifier(
+    path: Path, *, classes: int, size: int, names: tuple[str, str], dynamic: bool = False
+) -> Path:
+    """A random Conv -> pool -> Linear classifier of ``classes`` outputs, exported to ``path``
+    with its input and output tensors named ``names`` (batch dynamic when ``dynamic``)."""
+    torch = pytest.importorskip("torch")
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
-        torch.nn.Linear(4, 5),
+        torch.nn.Linear(4, classes),
     )
+    axes = {names[0]: {0: "n"}, names[1]: {0: "n"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net.eval(),
-            (torch.zeros(1, 3, 32, 32),),
+            (torch.zeros(1, 3, size, size),),
             str(path),
             dynamo=False,
             opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes=axes,
         )
     return path
 
@@ -432,26 +442,11 @@ def test_a_spec_that_contradicts_the_model_is_refused(
 def test_tensor_names_come_from_the_graph(tmp_path: Path, capsys) -> None:
     """A model whose tensors are not called input/logits: the manifest names them and the
     agent's backend runs it."""
-    torch = pytest.importorskip("torch")
     from edge_agent.backends.factory import create_backend
 
-    path = tmp_path / "named.onnx"
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    path = _export_conv_classifier(
+        tmp_path / "named.onnx", classes=10, size=64, names=("pixels", "scores"), dynamic=True
     )
-    net.append(torch.nn.Linear(4, 10))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net.eval(),
-            (torch.zeros(1, 3, 64, 64),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["pixels"],
-            output_names=["scores"],
-            dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
-        )
     out = tmp_path / "bundle"
     spec = _spec_json(tmp_path)
     for precision in ("fp32", "fp16"):
