@@ -17,7 +17,8 @@ from build_engine.errors import AccuracyGateError, StaleError, UsageError
 from build_engine.export import checkpoint_sha256
 from build_engine.gate import DEFAULT_MIN_IMAGES, DEFAULT_THRESHOLD_POINTS
 from build_engine.options import decode_spec_file, positive, spec_file
-from build_engine.pipeline import BuildRequest, build, default_precision, resolve_backend
+from build_engine.pipeline import build
+from build_engine.request import BuildRequest, default_precision, resolve_backend
 from edge_agent import __version__
 from edge_agent.contract import exit_codes
 from edge_agent.contract.errors import GalaxyEdgeError, ManifestError

@@ -17,6 +17,7 @@ import re
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -219,3 +220,18 @@ def compile_kernels(out_dir: Path, arch: str | None = None) -> KernelInfo:
         cubin=CUBIN_NAME,
         ptx=PTX_NAME,
     )
+
+
+def compile_into(
+    scratch: Path, arch: str | None, log: Callable[[str], None]
+) -> tuple[KernelInfo, dict[str, Path]]:
+    """The kernel step of a build: :func:`compile_kernels` into ``scratch/kernels``.
+
+    Returns the manifest's record and the bundle's new files (bundle name -> path).
+    """
+    kernel_dir = scratch / "kernels"
+    kernel_dir.mkdir()
+    info = compile_kernels(kernel_dir, arch=arch)
+    files = {name: kernel_dir / name for name in (info.cubin, info.ptx) if name}
+    log(f"compiled preprocessing kernels for {info.arch} with CUDA {info.cuda_version}")
+    return info, files

@@ -4,8 +4,8 @@
 and cannot gate it against itself: the reference of its accuracy gate is the FP32 model it was
 fine-tuned from, given with ``--reference RUN|FP32.onnx``. Rules, checked before anything slow:
 
-- a Q/DQ ``--onnx`` needs ``--precision int8`` and ``--reference`` (else it would be gated
-  against itself, which always passes: refused);
+- a Q/DQ ``--onnx`` needs ``--precision int8``, ``--reference`` (else it would be gated
+  against itself, which always passes: refused) and held-out labelled images for the gate;
 - ``--reference`` is only for such a file;
 - a reference checkpoint must be the one the QAT run started from (its weights' sha256 is in
   the QAT file's metadata), when the file says.
@@ -29,7 +29,7 @@ from edge_agent.contract.decode_config import DecodeSpec
 
 if TYPE_CHECKING:
     from build_engine.images import LabelledBatch
-    from build_engine.pipeline import BuildRequest
+    from build_engine.request import BuildRequest
     from edge_agent.contract.manifest import Quantization
     from edge_agent.contract.preprocess import PreprocessSpec
 
@@ -62,8 +62,9 @@ def qat_metadata(path: Path) -> dict[str, object]:
     return {}
 
 
-def check_request(onnx: Path | None, reference: Path | None, precision: str | None) -> bool:
-    """Raise :class:`UsageError` on a wrong combination; returns whether ``onnx`` is pre-quantized."""
+def check_request(request: BuildRequest, precision: str | None) -> bool:
+    """Raise :class:`UsageError` on a wrong combination; returns whether ``--onnx`` is pre-quantized."""
+    onnx, reference = request.onnx, request.reference
     quantized = onnx is not None and Path(onnx).is_file() and has_qdq(Path(onnx))
     if not quantized:
         if reference is not None:
@@ -85,6 +86,11 @@ def check_request(onnx: Path | None, reference: Path | None, precision: str | No
         )
     if not Path(reference).exists():
         raise UsageError(f"--reference {reference}: not found")
+    if request.calib_data is None and request.gate_data is None:
+        raise UsageError(
+            "an INT8 Q/DQ --onnx needs held-out labelled images for the accuracy gate: "
+            "--gate-data PATH (or --calib-data PATH to split them from)"
+        )
     return True
 
 

@@ -30,10 +30,9 @@ import importlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,13 +45,14 @@ from edge_agent.contract.manifest import (
     BatchProfile,
     KernelInfo,
     Manifest,
-    ModelInfo,
     Precision,
     Quantization,
     TensorRTInfo,
-    official_classes,
-    sha256_file,
 )
+
+if TYPE_CHECKING:
+    from build_engine.device import DeviceInfo
+    from build_engine.request import BuildRequest
 
 PLAN_BUILDERS = ("tensorrt", "torch-tensorrt")
 PLAN_NAME = "model.plan"
@@ -240,8 +240,8 @@ def engine_predict(
     return predict
 
 
-def _check_request(request: Any) -> Precision:
-    """What only this path refuses; the common checks are :func:`pipeline.validate`'s."""
+def _check_request(request: BuildRequest) -> Precision:
+    """What only this path refuses; the common checks are :func:`build_engine.request.validate`'s."""
     if request.checkpoint is None:
         raise UsageError(
             "--plan-builder torch-tensorrt compiles the torch model: give --checkpoint RUN "
@@ -263,16 +263,20 @@ def _check_request(request: Any) -> Precision:
 
 
 def build_with_torch_tensorrt(
-    request: Any, device: Any, log: Callable[[str], None], *, torch_device: str = "cuda"
+    request: BuildRequest,
+    device: DeviceInfo,
+    log: Callable[[str], None],
+    *,
+    torch_device: str = "cuda",
 ) -> Manifest:
-    """Build the bundle of ``request`` (a :class:`build_engine.pipeline.BuildRequest`) with a
-    torch-tensorrt engine as ``model.plan``; returns the written manifest."""
-    from build_engine import pipeline
+    """Build the bundle of ``request`` with a torch-tensorrt engine as ``model.plan``; returns
+    the written manifest."""
     from build_engine.bundle import write_bundle
-    from build_engine.calibration_metadata import read_calibration_metadata
     from build_engine.device import import_tensorrt, l4t_release
-    from build_engine.export import export_checkpoint, load_onnx
+    from build_engine.export import export_checkpoint
     from build_engine.images import load_gate_only
+    from build_engine.request import validate
+    from build_engine.source import exported_source
 
     precision = _check_request(request)
     torch_trt = import_torch_tensorrt()
@@ -286,15 +290,14 @@ def build_with_torch_tensorrt(
             "cannot read the GPU's name and compute capability; the manifest records them, so "
             "the plan is not built"
         )
-    pipeline.validate(request, "tensorrt", precision, device)
+    validate(request, "tensorrt", precision, device)
     from training.checkpoint import load_for_export
 
+    assert request.checkpoint is not None
     with tempfile.TemporaryDirectory(prefix="build-engine-") as tmp:
         scratch = Path(tmp)
         log(f"exporting {request.checkpoint} to ONNX (the FP32 reference and the staleness key)")
-        report = export_checkpoint(request.checkpoint, scratch / "source.onnx")
-        assert report.spec is not None
-        calibration = read_calibration_metadata(load_onnx(report.onnx_path), "source.onnx")
+        source = exported_source(export_checkpoint(request.checkpoint, scratch / "source.onnx"))
         loaded = load_for_export(request.checkpoint)
         b = request.batch
         log(f"torch.export of {loaded.model_name}: batch dynamic over {b.min}..{b.max}")
@@ -322,11 +325,11 @@ def build_with_torch_tensorrt(
         accuracy: AccuracyGate | None = None
         if precision == "fp16" and request.gate_data is not None:
             gate_data = load_gate_only(
-                request.gate_data, request.gate_size, report.spec, loaded.decode.decoder()
+                request.gate_data, request.gate_size, source.spec, source.decode.decoder()
             )
             accuracy = gate_mod.evaluate(
-                report.onnx_path,
-                report.onnx_path,
+                source.path,
+                source.path,
                 gate_data,
                 threshold_points=request.gate_threshold,
                 min_images=request.gate_min_images,
@@ -338,30 +341,17 @@ def build_with_torch_tensorrt(
         files: dict[str, Path] = {PLAN_NAME: plan}
         kernel_info: KernelInfo | None = None
         if request.kernels is not False:
-            from build_engine.kernels import compile_kernels
+            from build_engine.kernels import compile_into
 
-            kernel_dir = scratch / "kernels"
-            kernel_dir.mkdir()
-            kernel_info = compile_kernels(kernel_dir, arch=device.arch)
-            for name in (kernel_info.cubin, kernel_info.ptx):
-                if name:
-                    files[name] = kernel_dir / name
-            log(f"compiled preprocessing kernels for {kernel_info.arch}")
-        manifest = Manifest(
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            builder=pipeline._builder(),
-            model=ModelInfo(
-                name=report.model_name, classes=official_classes(), parameters=report.parameters
-            ),
-            preprocess=report.spec,
-            decode=loaded.decode,
+            kernel_info, kernel_files = compile_into(scratch, device.arch, log)
+            files.update(kernel_files)
+        manifest = source.manifest(
             backend="tensorrt",
             precision=precision,
             model_file=PLAN_NAME,
             input_name=io.input_name,
             output_name=io.output_name,
             batch=b,
-            source_onnx_sha256=sha256_file(report.onnx_path),
             quantization=Quantization(),
             accuracy_gate=accuracy,
             tensorrt=TensorRTInfo(
@@ -375,8 +365,6 @@ def build_with_torch_tensorrt(
                 plan_builder=f"torch-tensorrt {getattr(torch_trt, '__version__', 'unknown')}",
             ),
             kernels=kernel_info,
-            training=report.provenance,
-            calibration=calibration,
         )
         written = write_bundle(request.out, files, manifest)
     log(f"wrote tensorrt {precision} bundle (torch-tensorrt engine) to {request.out}")

@@ -19,7 +19,8 @@ from build_engine.calibration_metadata import (
 from build_engine.device import DeviceInfo
 from build_engine.errors import ExportError
 from build_engine.export import export_checkpoint, load_onnx
-from build_engine.pipeline import BuildRequest, build
+from build_engine.pipeline import build
+from build_engine.request import BuildRequest
 from edge_agent.contract.manifest import Calibration, TrainingProvenance, load_bundle
 from edge_agent.contract.preprocess import DEFAULT_SPEC
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-import build_engine.pipeline as pipeline  # noqa: E402
+import build_engine.source as build_source  # noqa: E402
 from build_engine.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main  # noqa: E402
 from edge_agent.contract.manifest import load_bundle  # noqa: E402
 from edge_agent.contract.preprocess import PreprocessSpec  # noqa: E402
@@ -66,7 +66,7 @@ def no_export(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the export started before the inputs were checked")
 
-    monkeypatch.setattr(pipeline, "export_checkpoint", refuse)
+    monkeypatch.setattr(build_source, "export_checkpoint", refuse)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

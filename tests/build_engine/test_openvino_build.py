@@ -12,7 +12,8 @@ from build_engine.device import DeviceInfo
 from build_engine.errors import AccuracyGateError, UsageError
 from build_engine.openvino_build import Timing
 from build_engine.openvino_choice import OpenVinoCandidate, candidates, choose
-from build_engine.pipeline import BuildRequest, build, resolve_backend
+from build_engine.pipeline import build
+from build_engine.request import BuildRequest, resolve_backend
 from edge_agent.backends.openvino_host import OpenVinoHost
 from edge_agent.contract.manifest import AccuracyGate, load_bundle
 

@@ -17,7 +17,8 @@ import pytest
 from build_engine.check import stale_reasons
 from build_engine.device import DeviceInfo
 from build_engine.errors import PrecisionError, UsageError
-from build_engine.pipeline import TRT_NOTICE, BuildRequest, build
+from build_engine.pipeline import build
+from build_engine.request import TRT_NOTICE, BuildRequest
 from edge_agent.contract.manifest import BatchProfile, KernelInfo, TensorRTInfo, load_bundle
 
 
@@ -54,10 +55,8 @@ def fake_device_tools(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     trt_module = types.ModuleType("build_engine.tensorrt_build")
     trt_module.build_plan = build_plan  # type: ignore[attr-defined]
-    kernel_module = types.ModuleType("build_engine.kernels")
-    kernel_module.compile_kernels = compile_kernels  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "build_engine.tensorrt_build", trt_module)
-    monkeypatch.setitem(sys.modules, "build_engine.kernels", kernel_module)
+    monkeypatch.setattr("build_engine.kernels.compile_kernels", compile_kernels)
     return seen
 
 

@@ -17,8 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from build_engine.errors import PrecisionError, UsageError
 from build_engine.images import LabelledBatch
-from build_engine.pipeline import BuildRequest, build
+from build_engine.pipeline import build
 from build_engine.qdq_graph import check_qdq
+from build_engine.request import BuildRequest
 from build_engine.sensitivity import (
     SensitivityReport,
     keep_in_float,

@@ -25,7 +25,8 @@ from bundle_testkit import FakeLoaded
 from build_engine.cli import main
 from build_engine.device import DeviceInfo
 from build_engine.errors import AccuracyGateError, PrecisionError, UsageError
-from build_engine.pipeline import BuildRequest, build
+from build_engine.pipeline import build
+from build_engine.request import BuildRequest
 from edge_agent.contract import exit_codes
 from edge_agent.contract.manifest import (
     BatchProfile,
@@ -163,7 +164,6 @@ def rig(
     monkeypatch.setitem(sys.modules, "torch_tensorrt", fake_torch_tensorrt(calls))
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(logits_of, seen))
     sys.modules.pop("edge_agent.backends.tensorrt_common", None)
-    kernels = types.ModuleType("build_engine.kernels")
 
     def compile_kernels(out_dir: Path, arch: str | None = None) -> Any:
         from edge_agent.contract.manifest import KernelInfo
@@ -172,8 +172,7 @@ def rig(
         return KernelInfo(source_sha256="d" * 64, cuda_version="12.6", arch=arch or "sm_87",
                           cubin="preprocess.cubin")  # fmt: skip
 
-    kernels.compile_kernels = compile_kernels  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "build_engine.kernels", kernels)
+    monkeypatch.setattr("build_engine.kernels.compile_kernels", compile_kernels)
     import build_engine.torch_tensorrt_build as module
 
     original = module.build_with_torch_tensorrt
