@@ -46,7 +46,8 @@ class OnnxFileRunner:
     def __init__(self, path: Path, spec: PreprocessSpec | None = None) -> None:
         import onnxruntime as ort
 
-        from build_engine.export import META_PREPROCESS, describe_onnx, load_onnx, read_metadata
+        from build_engine.export import describe_onnx, load_onnx
+        from build_engine.onnx_metadata import META_PREPROCESS, read_metadata
 
         model = load_onnx(path)
         info = describe_onnx(model, str(path))

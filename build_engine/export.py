@@ -7,10 +7,9 @@ these constants). It is checked with ``onnx.checker``, simplified with onnxsim w
 succeeds (the report says whether it did), and its outputs are compared with PyTorch's on the
 same inputs: an export that does not reproduce the model is an error, not a warning.
 
-What the model needs travels inside the file as ``metadata_props``: the preprocessing spec it
-was trained with (``galaxy_edge.preprocess``), the decoding spec its image files were read with
-(``galaxy_edge.decode``: stretch of deep data, FITS HDU and bands), its name, parameter count and training
-provenance. ``build-engine --onnx`` reads them back into the manifest (:func:`read_metadata`).
+What the model needs travels inside the file as ``metadata_props`` (the preprocessing and decoding
+specs, name, parameter count, training provenance: :mod:`build_engine.onnx_metadata`), written
+here and read back by ``build-engine --onnx``.
 
 torch, timm and the ``training`` package are imported only inside :func:`export_checkpoint` and
 :func:`export_module`: an ONNX-only build (``--onnx``) on the device needs neither.
@@ -22,11 +21,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from build_engine.errors import ExportError
+from build_engine.onnx_metadata import read_metadata as read_metadata  # bench/ imports it here
+from build_engine.onnx_metadata import write_metadata
 from edge_agent.contract.classes import NUM_CLASSES
 from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.manifest import TrainingProvenance
@@ -43,14 +44,8 @@ OPSET = 17
 # ONNX Runtime's fused kernels change the summation order, hence more than float32 epsilon.
 EXPORT_ATOL = 1e-4
 EXPORT_RTOL = 1e-3
-META_MODEL_NAME = "galaxy_edge.model_name"
-META_PROVENANCE = "galaxy_edge.training_provenance"
-META_PARAMETERS = "galaxy_edge.parameters"
-META_PREPROCESS = "galaxy_edge.preprocess"
-META_DECODE = "galaxy_edge.decode"
 
 Step = Callable[[str], None]
-_Spec = TypeVar("_Spec", PreprocessSpec, DecodeSpec)
 
 
 def _no_step(name: str) -> None:
@@ -82,18 +77,6 @@ class ExportReport:
     parameters: int | None = None
     provenance: TrainingProvenance = field(default_factory=TrainingProvenance)
     spec: PreprocessSpec | None = None
-    decode: DecodeSpec | None = None
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What :func:`write_metadata` recorded in an ONNX file; ``spec`` and ``decode`` are None
-    when absent (``decode`` is absent from files exported before it travelled: the defaults)."""
-
-    model_name: str
-    provenance: TrainingProvenance
-    parameters: int | None
-    spec: PreprocessSpec | None
     decode: DecodeSpec | None = None
 
 
@@ -336,75 +319,3 @@ def export_checkpoint(
 
     write_calibration_metadata(out_path, loaded.calibration)
     return report
-
-
-def write_metadata(
-    path: Path,
-    model_name: str,
-    provenance: TrainingProvenance,
-    parameters: int | None,
-    spec: PreprocessSpec,
-    decode: DecodeSpec,
-) -> None:
-    """Record the preprocessing and decoding specs, model name and training provenance inside
-    the ONNX file.
-
-    A later ``build-engine --onnx`` (on the device, without the checkpoint) reads them back
-    into the manifest; metadata does not change the graph, so the export check still holds.
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    props = {
-        META_MODEL_NAME: model_name,
-        META_PROVENANCE: provenance.model_dump_json(),
-        META_PARAMETERS: str(parameters) if parameters is not None else "",
-        META_PREPROCESS: spec.model_dump_json(),
-        META_DECODE: decode.model_dump_json(),
-    }
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
-
-
-def read_metadata(model: onnx.ModelProto, where: str = "ONNX model") -> OnnxMetadata:
-    """What :func:`write_metadata` recorded; name, provenance and parameters default when absent.
-
-    A missing spec or decoding spec is ``None`` (the caller decides); one that is present but
-    does not validate is an :class:`ExportError`, never silently replaced by a default.
-    """
-    from pydantic import ValidationError
-
-    props = {p.key: p.value for p in model.metadata_props}
-    name = props.get(META_MODEL_NAME) or "unknown"
-    try:
-        provenance = TrainingProvenance.model_validate_json(props.get(META_PROVENANCE) or "{}")
-    except ValidationError:
-        provenance = TrainingProvenance()
-    raw = props.get(META_PARAMETERS, "")
-    spec = _metadata_spec(props, META_PREPROCESS, PreprocessSpec, "preprocessing spec", where)
-    decode = _metadata_spec(props, META_DECODE, DecodeSpec, "decoding spec", where)
-    return OnnxMetadata(name, provenance, int(raw) if raw.isdigit() else None, spec, decode)
-
-
-def _metadata_spec(
-    props: dict[str, str], key: str, model: type[_Spec], what: str, where: str
-) -> _Spec | None:
-    """The spec recorded under ``key``, ``None`` when absent; :class:`ExportError` when invalid."""
-    from pydantic import ValidationError
-
-    if not props.get(key):
-        return None
-    try:
-        return model.model_validate_json(props[key])
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ExportError(
-            f"{where}: metadata {key} is not a valid {what} "
-            f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']}); re-export it with "
-            "build-engine --checkpoint"
-        ) from exc

@@ -24,15 +24,13 @@ from build_engine.calibration_metadata import read_calibration_metadata
 from build_engine.errors import UsageError
 from build_engine.export import (
     EXPORT_STEPS,
-    META_DECODE,
-    META_PREPROCESS,
     ExportReport,
     OnnxInfo,
     describe_onnx,
     export_checkpoint,
     load_onnx,
-    read_metadata,
 )
+from build_engine.onnx_metadata import META_DECODE, META_PREPROCESS, read_metadata
 from build_engine.progress import bar
 from edge_agent.contract.decode_config import DEFAULT_DECODE, DecodeSpec
 from edge_agent.contract.manifest import (

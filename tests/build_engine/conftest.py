@@ -32,7 +32,8 @@ def tiny_torch_model():
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_torch_model) -> Path:
-    from build_engine.export import export_module, write_metadata
+    from build_engine.export import export_module
+    from build_engine.onnx_metadata import write_metadata
     from edge_agent.contract.decode_config import DecodeSpec
     from edge_agent.contract.manifest import TrainingProvenance
 

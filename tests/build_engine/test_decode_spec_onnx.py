@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from build_engine.cli import EXIT_OK, EXIT_USAGE, main
-from build_engine.export import read_metadata, write_metadata
+from build_engine.onnx_metadata import read_metadata, write_metadata
 from edge_agent.contract.decode_config import DecodeSpec, FitsConfig, StretchConfig
 from edge_agent.contract.manifest import TrainingProvenance, load_bundle
 

@@ -15,14 +15,13 @@ from build_engine.export import (
     EXPORT_ATOL,
     EXPORT_RTOL,
     EXPORT_STEPS,
-    META_PREPROCESS,
     describe_onnx,
     export_checkpoint,
     export_module,
     load_onnx,
-    read_metadata,
     run_onnx,
 )
+from build_engine.onnx_metadata import read_metadata
 from edge_agent.contract.decode_config import DecodeSpec, StretchConfig
 from edge_agent.contract.manifest import TrainingProvenance
 from edge_agent.contract.preprocess import PreprocessSpec
@@ -134,25 +133,6 @@ def test_export_checkpoint_records_name_provenance_and_spec(
     assert meta.spec == NON_DEFAULT_SPEC == report.spec
     assert meta.decode == NON_DEFAULT_DECODE == report.decode
     assert len(steps) == EXPORT_STEPS  # one progress step per stage
-
-
-def test_onnx_without_metadata_has_no_spec(tiny_torch_model, tmp_path: Path) -> None:
-    path = tmp_path / "bare.onnx"
-    export_module(tiny_torch_model, path, input_size=64)
-    meta = read_metadata(load_onnx(path))
-    assert meta.spec is None and meta.model_name == "unknown"
-    assert meta.decode is None  # exported before the decoding spec travelled: the defaults
-
-
-def test_a_corrupt_spec_in_the_metadata_is_an_error(tiny_onnx: Path, tmp_path: Path) -> None:
-    import onnx
-
-    model = onnx.load(str(tiny_onnx))
-    for prop in model.metadata_props:
-        if prop.key == META_PREPROCESS:
-            prop.value = '{"input_size": 64, "crop": "diagonal"}'
-    with pytest.raises(ExportError, match="not a valid preprocessing spec"):
-        read_metadata(model, "m.onnx")
 
 
 def test_export_checkpoint_refuses_wrong_class_count(
