@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from build_engine.bundle import cache_key, check_output_dir, write_bundle
+from build_engine.bundle import cache_key, check_output_dir, write_bundle, write_file_atomic
 from build_engine.errors import BundleError, UsageError
 from edge_agent.contract.errors import ManifestError
 from edge_agent.contract.manifest import (
@@ -114,3 +114,22 @@ def test_cache_key_changes_with_what_determines_the_build(make_manifest) -> None
         ),
     ):
         assert cache_key(changed) != cache_key(base)
+
+
+def test_a_failed_file_write_keeps_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan or timing cache is whole or absent (write_file_atomic)."""
+    path = tmp_path / "model.plan"
+    write_file_atomic(path, memoryview(b"old plan"))
+    assert path.read_bytes() == b"old plan"
+
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_file_atomic(path, b"new plan")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old plan"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.plan"]

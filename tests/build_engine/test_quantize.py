@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
-from build_engine.errors import CalibrationError, PrecisionError
+from build_engine.errors import CalibrationError
 from build_engine.export import run_onnx
-from build_engine.qdq_graph import EXCLUDED_OPS, check_qdq, detach_excluded_from_dq
+from build_engine.qdq_graph import EXCLUDED_OPS
 from build_engine.quantize import quantize_int8
 
 CALIB = np.random.default_rng(2).uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
@@ -79,40 +79,6 @@ def test_quantized_model_is_symmetric_and_leaves_excluded_ops_alone(
 def test_empty_calibration_set_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="empty"):
         quantize_int8(tiny_onnx, tmp_path / "q.onnx", np.zeros((0, 3, 64, 64), np.float32))
-
-
-def _graph_with_shared_dq(zero_point: int = 0) -> onnx.ModelProto:
-    """x -> Q -> DQ -> Conv and the same DQ -> Add(residual): the case quantizers produce."""
-    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
-    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
-    zp = numpy_helper.from_array(np.array(zero_point, np.int8), "zp")
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
-        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xdq"], name="dq"),
-        helper.make_node("Conv", ["xdq", "w"], ["c"], name="conv"),
-        helper.make_node("Add", ["c", "xdq"], ["y"], name="add"),
-    ]
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 4, 4]) for n in ("x", "y")]
-    graph = helper.make_graph(nodes, "g", [vi[0]], [vi[1]], [w, scale, zp])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def test_detach_rewires_excluded_input_to_the_float_tensor() -> None:
-    model = _graph_with_shared_dq()
-    with pytest.raises(PrecisionError, match="excluded op reads INT8"):
-        check_qdq(model)
-    assert detach_excluded_from_dq(model) == 1
-    add = next(n for n in model.graph.node if n.op_type == "Add")
-    assert list(add.input) == ["c", "x"]
-    check_qdq(model)  # the Conv keeps its Q/DQ
-    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 1
-
-
-def test_nonzero_zero_point_is_rejected() -> None:
-    model = _graph_with_shared_dq(zero_point=3)
-    detach_excluded_from_dq(model)
-    with pytest.raises(PrecisionError, match="zero point"):
-        check_qdq(model)
 
 
 def test_fp16_remainder_for_tensorrt(tiny_onnx: Path, tmp_path: Path) -> None:
