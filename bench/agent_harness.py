@@ -1,14 +1,15 @@
 """The agent as systemd runs it, a private broker and a consumer: shared by the agent benchmarks.
 
-* :func:`start_broker`: a private ``mosquitto`` on a free loopback port;
+* :func:`start_broker`: a private ``mosquitto`` on a free loopback port
+  (``edge_agent.local_run``, as the demos start it);
 * :class:`Subscriber`: a consumer of the agent's classifications, each with its arrival time
   (``time.time()``), deduplicated on the result id (QoS 1 may deliver twice);
 * :class:`AgentProcess`: ``python -m edge_agent run`` with a watched folder (and optionally the
   MQTT ``frames`` input), started and stopped the way systemd does (READY=1 on a notify socket,
   SIGTERM), with its peak RSS and CPU time.
 
-Imported by ``bench_agent.py`` and ``bench_latency.py`` (``python bench/NAME.py`` puts this
-folder on ``sys.path``).
+Imported by ``bench_agent.py``, ``bench_latency.py`` and ``soak_agent.py`` (``python
+bench/NAME.py`` puts this folder on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.local_run import BrokerStartError, start_mosquitto, watched_folder_config
+
 DEVICE = "bench"
 PREFIX = "galaxy-edge"
 
@@ -43,28 +47,12 @@ def when(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.access(binary, os.X_OK):
-        raise SystemExit("bench: mosquitto not found (scripts/setup installs it)")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    work.mkdir(parents=True, exist_ok=True)
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("bench: mosquitto did not start")
+def start_broker(work: Path, options: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], int]:
+    """A private mosquitto (config and ``options`` in ``work``) and its port; exits if it fails."""
+    try:
+        return start_mosquitto(work, options=options)
+    except BrokerStartError as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 class Subscriber:
@@ -144,23 +132,19 @@ class AgentProcess:
         ]
         if mqtt_frames and port is not None:
             sources.append({"uri": f"mqtt://127.0.0.1:{port}", "name": "receiver"})
-        config = {
-            "device_id": DEVICE,
-            "bundle": str(bundle),
-            "sources": sources,
-            "pipeline": pipeline,
-            "quarantine_dir": str(work / "quarantine"),
-            "state_dir": str(work / "state"),
-            "stats_interval_s": 3600,
-            "drain_timeout_s": 3,
-            "log_level": "WARNING",
-            # Without a broker, port 9 (discard): every result stays in the outbox.
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": 9 if port is None else port,
-                "outbox": {"path": str(self.outbox)},
-            },
-        }
+        # Without a broker, port 9 (discard): every result stays in the outbox.
+        config = watched_folder_config(
+            work,
+            bundle,
+            9 if port is None else port,
+            device_id=DEVICE,
+            stats_interval_s=3600,
+            sources=sources,
+            pipeline=pipeline,
+            drain_timeout_s=3,
+            log_level="WARNING",
+            mqtt={"outbox": {"path": str(self.outbox)}},
+        )
         (work / "agent.yaml").write_text(yaml.safe_dump(config))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(work / "notify.sock"))

@@ -25,7 +25,6 @@ import hashlib
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,14 +40,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from catalogue.pg_temp import TemporaryPostgres
 from catalogue.store import open_store
 from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.local_run import start_mosquitto
 
 DEVICES = ("jetson-01", "jetson-02", "jetson-03", "jetson-04")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def payload(device: str, n: int) -> bytes:
@@ -78,25 +72,10 @@ def payload(device: str, n: int) -> bytes:
 
 class Broker:
     def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        conf = work / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_inflight_messages 1000\nmax_queued_messages 1000000\nuser root\n"
+        self.proc, self.port = start_mosquitto(
+            work,
+            options=["max_inflight_messages 1000", "max_queued_messages 1000000", "user root"],
         )
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
     def stop(self) -> None:
         self.proc.terminate()

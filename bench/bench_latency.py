@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,37 +71,47 @@ def _parts(body: dict[str, Any], landed: float, at: float) -> dict[str, float]:
     }
 
 
-def lone_folder(
-    agent: AgentProcess, sub: Subscriber, images: list[Path], tag: str, interval: float
+def _lone(
+    agent: AgentProcess,
+    sub: Subscriber,
+    images: list[Path],
+    tag: str,
+    interval: float,
+    send: Callable[[Path, str], float],
 ) -> list[dict[str, float]]:
-    """Where each lone frame's time went, landing to arrival (see :func:`_parts`)."""
+    """Where each lone frame's time went, from ``send(image, name)`` (it returns when it sent)
+    to its result's arrival (see :func:`_parts`)."""
     out = []
     for i, src in enumerate(images):
         name = f"{tag}-{i:04}.jpg"
         count = len(sub.results()) + 1
-        landed = agent.land(src, name)
-        _wait(sub, agent, count)
-        body, at = _by_ref(sub)[name]
-        out.append(_parts(body, landed, at))
-        time.sleep(interval)
-    return out
-
-
-def lone_mqtt(
-    agent: AgentProcess, sub: Subscriber, images: list[Path], tag: str, interval: float
-) -> list[dict[str, float]]:
-    out = []
-    for i, src in enumerate(images):
-        name = f"{tag}-{i:04}.jpg"
-        data = src.read_bytes()
-        count = len(sub.results()) + 1
-        sent = time.time()
-        sub.publish_frame(data, name)
+        sent = send(src, name)
         _wait(sub, agent, count)
         body, at = _by_ref(sub)[name]
         out.append(_parts(body, sent, at))
         time.sleep(interval)
     return out
+
+
+def lone_folder(
+    agent: AgentProcess, sub: Subscriber, images: list[Path], tag: str, interval: float
+) -> list[dict[str, float]]:
+    """Lone frames landed in the watched folder, timed from the rename."""
+    return _lone(agent, sub, images, tag, interval, agent.land)
+
+
+def lone_mqtt(
+    agent: AgentProcess, sub: Subscriber, images: list[Path], tag: str, interval: float
+) -> list[dict[str, float]]:
+    """Lone frames published on the ``frames`` topic, timed from the publish."""
+
+    def publish(src: Path, name: str) -> float:
+        data = src.read_bytes()
+        sent = time.time()
+        sub.publish_frame(data, name)
+        return sent
+
+    return _lone(agent, sub, images, tag, interval, publish)
 
 
 def bursts(

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,35 +36,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import psutil
 import yaml
+from agent_harness import start_broker
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 100000"]
-    if os.geteuid() == 0:
-        lines.append("user root")
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
+from edge_agent.local_run import land, watched_folder_config
 
 
 class Counter:
@@ -103,23 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
-    broker, port = start_broker(work)
+    root = ["user root"] if os.geteuid() == 0 else []
+    broker, port = start_broker(work, options=["max_queued_messages 100000", *root])
     inbox = work / "inbox"
     inbox.mkdir()
-    config = {
-        "device_id": "soak",
-        "bundle": str(args.bundle.resolve()),
-        "sources": [{"uri": f"dir://{inbox}", "name": "inbox"}],
-        "pipeline": {"max_batch": 8, "max_wait_ms": 20},
-        "quarantine_dir": str(work / "quarantine"),
-        "state_dir": str(work / "state"),
-        "stats_interval_s": 10,
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": port,
-            "outbox": {"path": str(work / "state" / "outbox.sqlite3")},
-        },
-    }
+    config = watched_folder_config(
+        work,
+        args.bundle.resolve(),
+        port,
+        device_id="soak",
+        stats_interval_s=10,
+        pipeline={"max_wait_ms": 20},
+    )
     (work / "agent.yaml").write_text(yaml.safe_dump(config))
     log = (work / "agent.log").open("wb")
     agent = subprocess.Popen(
@@ -165,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(min(lag, 0.2))
                 continue
             name = f"f{i:07}.png"
-            tmp = inbox / f".{name}.part"
-            tmp.write_bytes(pngs[i % len(pngs)])
-            os.replace(tmp, inbox / name)
+            land(inbox, name, pngs[i % len(pngs)])
             names.append(name)
             pending.append(name)
             i += 1

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,47 +22,28 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.local_run import BrokerStartError, land, start_mosquitto, watched_folder_config
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def fresh_work(work: Path) -> None:
+    """Empty ``inbox``, ``quarantine`` and ``state`` folders in ``work`` (the bundle stays)."""
+    for sub in ("inbox", "quarantine", "state"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+        (work / sub).mkdir(parents=True)
 
 
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.access(found, os.X_OK):
-        raise SystemExit(
-            "demo: error: mosquitto not found; run scripts/setup (apt-get install mosquitto)"
-        )
-    return found
-
-
-def build_bundle(model: Path, bundle: Path) -> None:
+def build_bundle(model: Path, bundle: Path, name: str = "demo") -> None:
+    """The ONNX Runtime FP32 bundle of ``model``, rebuilt only when stale; says what it runs."""
     cmd = [str(VENV_BIN / "build-engine"), "--checkpoint", str(model), "--out", str(bundle)]
     cmd += ["--backend", "onnxruntime", "--precision", "fp32", "--if-stale"]
-    print("demo: $", " ".join(cmd), flush=True)
+    print(f"{name}: $", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
 
-def write_config(work: Path, bundle: Path, port: int) -> Path:
-    config = {
-        "device_id": "demo",
-        "bundle": str(bundle),
-        "sources": [{"uri": f"dir://{work / 'inbox'}", "name": "inbox"}],
-        "pipeline": {"max_batch": 8, "max_wait_ms": 50},
-        "quarantine_dir": str(work / "quarantine"),
-        "state_dir": str(work / "state"),
-        "stats_interval_s": 5,
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": port,
-            "outbox": {"path": str(work / "state" / "outbox.sqlite3")},
-        },
-    }
+def write_config(config: dict[str, Any], work: Path) -> Path:
     path = work / "agent.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path
@@ -135,28 +114,24 @@ def main(argv: list[str] | None = None) -> int:
         TRUTH.update({row["file"]: row["name"] for row in csv.DictReader(fh)})
     frames = sorted(args.frames / name for name in TRUTH)
     work: Path = args.work.resolve()
-    for sub in ("inbox", "quarantine", "state"):
-        shutil.rmtree(work / sub, ignore_errors=True)
-        (work / sub).mkdir(parents=True)
+    fresh_work(work)
     bundle = work / "bundle"
     build_bundle(args.model, bundle)
 
-    port = free_port()
-    (work / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-    )
     broker_log = open(work / "mosquitto.log", "wb")  # noqa: SIM115 - closed in finally
-    broker = subprocess.Popen(
-        [mosquitto_binary(), "-c", str(work / "mosquitto.conf")],
-        stdout=broker_log,
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        broker, port = start_mosquitto(work, log=broker_log)
+    except BrokerStartError as exc:
+        broker_log.close()
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
     agent: subprocess.Popen[bytes] | None = None
     consumer: Consumer | None = None
     try:
-        time.sleep(0.3)
         consumer = Consumer(port)
-        config = write_config(work, bundle, port)
+        config = write_config(
+            watched_folder_config(work, bundle, port, device_id="demo", stats_interval_s=5), work
+        )
         print(f"demo: broker on 127.0.0.1:{port}; starting edge-agent", flush=True)
         agent = subprocess.Popen([str(VENV_BIN / "edge-agent"), "run", "--config", str(config)])
         if not consumer.online.wait(60):
@@ -165,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: agent online; dropping {len(frames)} real Galaxy10 frames into the inbox")
         print(f"     {'file':<16} {'predicted':<24} {'conf':>5}  {'volunteers':<31} latency")
         for frame in frames:  # written beside, then renamed into place, as a receiver should
-            tmp = work / "inbox" / f".{frame.name}.part"
-            shutil.copyfile(frame, tmp)
-            os.replace(tmp, work / "inbox" / frame.name)
+            land(work / "inbox", frame.name, frame.read_bytes())
         deadline = time.monotonic() + args.timeout
         while len(consumer.results) < len(frames) and time.monotonic() < deadline:
             time.sleep(0.2)

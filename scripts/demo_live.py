@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+from demo import ROOT, VENV_BIN, build_bundle, fresh_work, write_config
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from edge_agent.local_run import BrokerStartError, land, start_mosquitto, watched_folder_config
 
 
 def state(url: str) -> dict[str, object]:
@@ -62,30 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = args.work.resolve()
-    for sub in ("inbox", "quarantine", "state"):
-        shutil.rmtree(work / sub, ignore_errors=True)
-        (work / sub).mkdir(parents=True)
+    fresh_work(work)
     (work / "catalogue.sqlite3").unlink(missing_ok=True)
     bundle = args.bundle
     if bundle is None:
         bundle = work / "bundle"
-        cmd = [str(VENV_BIN / "build-engine"), "--checkpoint", str(args.model), "--out"]
-        cmd += [str(bundle), "--backend", "onnxruntime", "--precision", "fp32", "--if-stale"]
-        print("demo-live: $", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        build_bundle(args.model, bundle, "demo-live")
 
-    port = free_port()
-    (work / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-    )
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     log = (work / "processes.log").open("wb")
-    procs = [
-        subprocess.Popen([mosquitto, "-c", str(work / "mosquitto.conf")], stdout=log, stderr=log)
-    ]
+    try:
+        broker, port = start_mosquitto(work, log=log)
+    except BrokerStartError as exc:
+        log.close()
+        print(f"demo-live: error: {exc}", file=sys.stderr)
+        return 1
+    procs = [broker]
     page = f"http://{args.http}/"
     try:
-        time.sleep(0.3)
         procs.append(
             subprocess.Popen(
                 [
@@ -104,25 +90,17 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=log,
             )
         )
-        config = {
-            "device_id": "demo",
-            "bundle": str(bundle),
-            "sources": [{"uri": f"dir://{work / 'inbox'}", "name": "inbox"}],
-            "pipeline": {"max_batch": 8, "max_wait_ms": 50},
-            "quarantine_dir": str(work / "quarantine"),
-            "state_dir": str(work / "state"),
-            "stats_interval_s": 2,
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": port,
-                "outbox": {"path": str(work / "state" / "outbox.sqlite3")},
-                "thumbnails": {"enabled": True, "size": 128},
-            },
-        }
-        (work / "agent.yaml").write_text(json.dumps(config, indent=2))
+        config = watched_folder_config(
+            work,
+            bundle,
+            port,
+            device_id="demo",
+            stats_interval_s=2,
+            mqtt={"thumbnails": {"enabled": True, "size": 128}},
+        )
         procs.append(
             subprocess.Popen(
-                [str(VENV_BIN / "edge-agent"), "run", "--config", str(work / "agent.yaml")],
+                [str(VENV_BIN / "edge-agent"), "run", "--config", str(write_config(config, work))],
                 stdout=log,
                 stderr=log,
             )
@@ -136,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo-live: open {page} in a browser; dropping the frames of {args.frames}")
         frames = sorted(args.frames.glob("*.jpg"))
         for frame in frames:
-            tmp = work / "inbox" / f".{frame.name}.part"
-            shutil.copyfile(frame, tmp)
-            os.replace(tmp, work / "inbox" / frame.name)
+            land(work / "inbox", frame.name, frame.read_bytes())
             time.sleep(args.every)
         done = wait(
             lambda: state(page).get("totals", {}).get("classifications") == len(frames),
