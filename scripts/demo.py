@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -41,6 +41,17 @@ def build_bundle(model: Path, bundle: Path, name: str = "demo") -> None:
     cmd += ["--backend", "onnxruntime", "--precision", "fp32", "--if-stale"]
     print(f"{name}: $", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def start_broker(
+    work: Path, log: IO[bytes], name: str = "demo"
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The private mosquitto, its output to ``log``; exits with a one-line reason if it fails."""
+    try:
+        return start_mosquitto(work, log=log)
+    except BrokerStartError as exc:
+        log.close()
+        raise SystemExit(f"{name}: error: {exc}") from None
 
 
 def write_config(config: dict[str, Any], work: Path) -> Path:
@@ -119,12 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     build_bundle(args.model, bundle)
 
     broker_log = open(work / "mosquitto.log", "wb")  # noqa: SIM115 - closed in finally
-    try:
-        broker, port = start_mosquitto(work, log=broker_log)
-    except BrokerStartError as exc:
-        broker_log.close()
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 1
+    broker, port = start_broker(work, broker_log)
     agent: subprocess.Popen[bytes] | None = None
     consumer: Consumer | None = None
     try:

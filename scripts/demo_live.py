@@ -20,9 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from demo import ROOT, VENV_BIN, build_bundle, fresh_work, write_config
+from demo import ROOT, VENV_BIN, build_bundle, fresh_work, start_broker, write_config
 
-from edge_agent.local_run import BrokerStartError, land, start_mosquitto, watched_folder_config
+from edge_agent.local_run import land, watched_folder_config
 
 
 def state(url: str) -> dict[str, object]:
@@ -63,12 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         build_bundle(args.model, bundle, "demo-live")
 
     log = (work / "processes.log").open("wb")
-    try:
-        broker, port = start_mosquitto(work, log=log)
-    except BrokerStartError as exc:
-        log.close()
-        print(f"demo-live: error: {exc}", file=sys.stderr)
-        return 1
+    broker, port = start_broker(work, log, "demo-live")
     procs = [broker]
     page = f"http://{args.http}/"
     try:

@@ -7,7 +7,6 @@ depends on the picture, so a wrong frame, crop or channel order changes the labe
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from edge_agent.contract.manifest import (
     write_manifest,
 )
 from edge_agent.contract.preprocess import DEFAULT_SPEC
-from edge_agent.local_run import merged
+from edge_agent.local_run import land, merged
 
 
 def build_tiny_onnx(path: Path, seed: int = 0, size: int = 256) -> None:
@@ -96,13 +95,8 @@ def preload_inbox(inbox: Path, count: int, side: int) -> list[Path]:
     return paths
 
 
-def drop_file(folder: Path, name: str, data: bytes) -> Path:
-    """Write as a careful receiver does: a dotted temporary, then a rename into place."""
-    tmp = folder / f".{name}.part"
-    tmp.write_bytes(data)
-    final = folder / name
-    os.replace(tmp, final)
-    return final
+# Writes as a careful receiver does: a dotted temporary, then a rename into place.
+drop_file = land
 
 
 def agent_config(tmp: Path, bundle: Path, broker: Any | None, **overrides: Any) -> dict[str, Any]:
