@@ -4,7 +4,8 @@
 * :func:`watched_folder_config`: ``edge-agent run``'s config for one watched folder, its state
   and quarantine beside it, results to that broker;
 * :func:`land`: a frame written beside the folder's files and renamed in, as a careful receiver
-  does (the agent never sees half a file).
+  does (the agent never sees half a file);
+* :func:`stop_process`: SIGTERM, as systemd stops a service, and SIGKILL if that is not enough.
 
 Used by ``scripts/demo.py``, ``scripts/demo_live.py`` and ``bench/``; nothing in the agent itself
 imports it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -126,3 +128,14 @@ def land(folder: Path, name: str, data: bytes) -> Path:
     target = folder / name
     os.replace(tmp, target)
     return target
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if ``proc`` still runs ``timeout`` seconds later; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

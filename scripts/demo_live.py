@@ -22,7 +22,7 @@ from pathlib import Path
 
 from demo import ROOT, VENV_BIN, build_bundle, fresh_work, start_broker, write_config
 
-from edge_agent.local_run import land, watched_folder_config
+from edge_agent.local_run import land, stop_process, watched_folder_config
 
 
 def state(url: str) -> dict[str, object]:
@@ -148,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)
         log.close()
 
 

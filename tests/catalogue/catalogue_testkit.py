@@ -23,6 +23,7 @@ from required_tools import missing
 
 from catalogue.pg_temp import find_pg_bin
 from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.local_run import watched_folder_config
 
 SHA = "ab" * 32
 
@@ -233,23 +234,16 @@ def build_tiny_bundle(work: Path) -> Path:
 
 def agent_yaml(work: Path, bundle: Path, host: str, port: int, device: str) -> Path:
     """An agent config watching ``work/inbox`` with thumbnails on."""
-    inbox = work / "inbox"
-    inbox.mkdir(parents=True, exist_ok=True)
-    config = {
-        "device_id": device,
-        "bundle": str(bundle),
-        "sources": [{"uri": f"dir://{inbox}", "name": "inbox"}],
-        "pipeline": {"max_batch": 4, "max_wait_ms": 10, "intra_op_threads": 1},
-        "quarantine_dir": str(work / "quarantine"),
-        "state_dir": str(work / "state"),
-        "stats_interval_s": 0.5,
-        "mqtt": {
-            "host": host,
-            "port": port,
-            "outbox": {"path": str(work / "state" / "outbox.sqlite3")},
-            "thumbnails": {"enabled": True, "size": 128},
-        },
-    }
+    (work / "inbox").mkdir(parents=True, exist_ok=True)
+    config = watched_folder_config(
+        work,
+        bundle,
+        port,
+        device_id=device,
+        stats_interval_s=0.5,
+        pipeline={"max_batch": 4, "max_wait_ms": 10, "intra_op_threads": 1},
+        mqtt={"host": host, "thumbnails": {"enabled": True, "size": 128}},
+    )
     path = work / "agent.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path

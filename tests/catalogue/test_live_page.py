@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -31,6 +30,7 @@ from catalogue.messages import parse_message
 from catalogue.store import open_store
 from catalogue.web.server import LivePage
 from edge_agent.contract.classes import CLASS_NAMES
+from edge_agent.local_run import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = ROOT / "examples" / "frames"
@@ -81,16 +81,6 @@ def test_the_page_its_api_and_thumbnails_are_served_locally(page: tuple[LivePage
     assert (code, ctype, jpeg) == (200, "image/jpeg", tiny_jpeg())
     assert get(f"{live.url}thumbnails/dev-1/{'0' * 32}.jpg")[0] == 404
     assert get(f"{live.url}../../etc/passwd")[0] == 404
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _state(url: str) -> dict[str, Any]:
@@ -175,6 +165,6 @@ def test_a_classification_appears_in_chromium_without_a_reload(
             f.name for f in frames
         }
     finally:
-        _stop(agent)
-        _stop(writer)
+        stop_process(agent)
+        stop_process(writer)
         log.close()

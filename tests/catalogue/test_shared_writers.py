@@ -16,6 +16,8 @@ import pytest
 from catalogue_testkit import Publisher, classification, msg_id, to_bytes, wait_until
 from mqtt_broker import MosquittoBroker
 
+from edge_agent.local_run import stop_process
+
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 P = "galaxy-edge"
 N = 1500
@@ -75,9 +77,4 @@ def test_two_writers_one_killed_mid_stream_store_every_result_once(
         assert len(got) == len(expected) and set(got) == expected
     finally:
         for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p, 20)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,13 @@ from mqtt_broker import require_mosquitto
 
 from edge_agent import local_run
 from edge_agent.config import parse_config
-from edge_agent.local_run import BrokerStartError, land, start_mosquitto, watched_folder_config
+from edge_agent.local_run import (
+    BrokerStartError,
+    land,
+    start_mosquitto,
+    stop_process,
+    watched_folder_config,
+)
 
 
 def test_mosquitto_listens_on_its_port_with_the_options_given(tmp_path: Path) -> None:
@@ -74,3 +82,15 @@ def test_land_renames_a_complete_file_into_the_folder(tmp_path: Path) -> None:
     target = land(tmp_path, "frame.png", b"\x89PNG...")
     assert target == tmp_path / "frame.png" and target.read_bytes() == b"\x89PNG..."
     assert os.listdir(tmp_path) == ["frame.png"]
+
+
+def test_a_process_is_asked_to_stop_then_killed() -> None:
+    polite = subprocess.Popen(["sleep", "60"])
+    assert stop_process(polite, timeout=10) == -signal.SIGTERM
+    deaf = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; echo deaf; exec sleep 60"], stdout=subprocess.PIPE
+    )
+    assert deaf.stdout is not None and deaf.stdout.readline() == b"deaf\n"  # the trap is set
+    assert stop_process(deaf, timeout=0.5) == -signal.SIGKILL
+    assert stop_process(deaf) == -signal.SIGKILL  # already gone: its status again
+    deaf.stdout.close()
