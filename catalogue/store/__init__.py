@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from catalogue.errors import StoreError
-from catalogue.store.base import PageState, Rejected, Store, WriteCounts
+from catalogue.store.base import Rejected, Store, WriteCounts
+from catalogue.store.page import PageState
 from catalogue.store.query import Cone, Query
 from catalogue.store.schema import COLUMNS
 

@@ -1,8 +1,9 @@
 """What every catalogue database offers: one transaction per batch, queries, the page's views.
 
-SQLite and PostgreSQL share the SQL below; each subclass supplies its tables (``schema.ddl``
-with its column types), parameter style and cone search. Rows are unique on (device, id): a replayed message is an ``ON CONFLICT DO
-NOTHING``, so at-least-once delivery becomes exactly-once storage whichever writer gets it.
+SQLite and PostgreSQL share the SQL here and in ``schema``; each subclass supplies its tables
+(``schema.ddl`` with its column types), parameter style and cone search. Rows are unique on
+(device, id): a replayed message is an ``ON CONFLICT DO NOTHING``, so at-least-once delivery
+becomes exactly-once storage whichever writer gets it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,8 +24,18 @@ from catalogue.messages import (
     Record,
     Thumbnail,
 )
+from catalogue.store.page import PageState, stats_summary
 from catalogue.store.query import Cone, Query
-from catalogue.store.schema import CLASSIFICATION_INSERT, COLUMNS
+from catalogue.store.schema import (
+    COLUMNS,
+    INSERT_CLASSIFICATION,
+    INSERT_ERROR,
+    INSERT_MESSAGE,
+    INSERT_REJECTED,
+    INSERT_THUMBNAIL,
+    UPSERT_STATS,
+    UPSERT_STATUS,
+)
 
 
 @dataclass(frozen=True)
@@ -48,17 +59,6 @@ class WriteCounts:
         self.duplicates += more.duplicates
         self.rejected += more.rejected
         self.other += more.other
-
-
-@dataclass
-class PageState:
-    """Everything the live page shows, read in one go."""
-
-    devices: list[dict[str, Any]] = field(default_factory=list)
-    latest: list[dict[str, Any]] = field(default_factory=list)
-    histogram: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    totals: dict[str, int] = field(default_factory=dict)
 
 
 def utc_now() -> datetime:
@@ -173,38 +173,21 @@ class Store(ABC):
         try:
             if cls_rows:
                 n = self._executemany(
-                    self._sql(
-                        f"INSERT INTO classifications ({', '.join(CLASSIFICATION_INSERT)}) "
-                        f"VALUES ({', '.join('?' * len(CLASSIFICATION_INSERT))}) "
-                        "ON CONFLICT (device, id) DO NOTHING"
-                    ),
+                    self._sql(INSERT_CLASSIFICATION),
                     cls_rows,
                 )
                 counts.stored += n
                 counts.duplicates += len(cls_rows) - n
             if err_rows:
                 n = self._executemany(
-                    self._sql(
-                        "INSERT INTO errors (device, id, source, frame_ref, reason, detail, "
-                        "quarantined_to, at, payload, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                        "ON CONFLICT (device, id) DO NOTHING"
-                    ),
+                    self._sql(INSERT_ERROR),
                     err_rows,
                 )
                 counts.stored += n
                 counts.duplicates += len(err_rows) - n
             for s in statuses.values():
                 self._execute(
-                    self._sql(
-                        "INSERT INTO devices (device, state, agent_version, model, status_at, "
-                        "status_payload, last_seen) VALUES (?,?,?,?,?,?,?) "
-                        "ON CONFLICT (device) DO UPDATE SET state = excluded.state, "
-                        "agent_version = COALESCE(excluded.agent_version, devices.agent_version), "
-                        "model = COALESCE(excluded.model, devices.model), "
-                        "status_at = COALESCE(excluded.status_at, devices.status_at), "
-                        "status_payload = COALESCE(excluded.status_payload, devices.status_payload), "
-                        "last_seen = excluded.last_seen"
-                    ),
+                    self._sql(UPSERT_STATUS),
                     (
                         s.device,
                         s.state,
@@ -217,36 +200,22 @@ class Store(ABC):
                 )
             for st in stats.values():
                 self._execute(
-                    self._sql(
-                        "INSERT INTO devices (device, stats_at, stats_payload, last_seen) "
-                        "VALUES (?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
-                        "stats_at = excluded.stats_at, stats_payload = excluded.stats_payload, "
-                        "last_seen = excluded.last_seen"
-                    ),
+                    self._sql(UPSERT_STATS),
                     (st.device, self._ts(st.at), st.payload, now),
                 )
             if thumbs:
                 self._executemany(
-                    self._sql(
-                        "INSERT INTO thumbnails (device, id, jpeg, stored_at) VALUES (?,?,?,?) "
-                        "ON CONFLICT (device, id) DO NOTHING"
-                    ),
+                    self._sql(INSERT_THUMBNAIL),
                     thumbs,
                 )
             if others:
                 self._executemany(
-                    self._sql(
-                        "INSERT INTO messages (device, kind, id, payload, stored_at) "
-                        "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING"
-                    ),
+                    self._sql(INSERT_MESSAGE),
                     others,
                 )
             if rej_rows:
                 self._executemany(
-                    self._sql(
-                        "INSERT INTO rejected (received_at, topic, reason, payload) "
-                        "VALUES (?,?,?,?)"
-                    ),
+                    self._sql(INSERT_REJECTED),
                     rej_rows,
                 )
             self._commit()
@@ -339,7 +308,7 @@ class Store(ABC):
                 "stats_at": self._ts_out(stats_at),
                 "last_seen": self._ts_out(seen),
             }
-            info.update(_stats_summary(stats))
+            info.update(stats_summary(stats))
             state.devices.append(info)
         state.latest = self.query(Query(limit=latest, newest_first=True))
         state.histogram = [
@@ -364,21 +333,3 @@ class Store(ABC):
         ]
         state.totals = {t: self.count(t) for t in ("classifications", "errors", "rejected")}
         return state
-
-
-def _stats_summary(text: str | None) -> dict[str, Any]:
-    """fps and outbox depth from the last ``stats`` payload, whatever its minor layout."""
-    out: dict[str, Any] = {"fps": None, "outbox_depth": None, "frames_out": None}
-    if not text:
-        return out
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return out
-    rates = body.get("rates") if isinstance(body.get("rates"), dict) else {}
-    outbox = body.get("outbox") if isinstance(body.get("outbox"), dict) else {}
-    frames = body.get("frames") if isinstance(body.get("frames"), dict) else {}
-    out["fps"] = rates.get("fps_out", rates.get("fps_in"))
-    out["outbox_depth"] = outbox.get("depth")
-    out["frames_out"] = frames.get("out")
-    return out

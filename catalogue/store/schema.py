@@ -1,4 +1,5 @@
-"""The catalogue's tables, defined once: each database passes the names of its column types.
+"""The catalogue's tables, defined once (each database passes the names of its column types),
+and the statements that write their rows.
 
 Rows are unique on (device, id) in every table a message lands in, so a replayed message is an
 ``ON CONFLICT DO NOTHING`` whichever writer gets it.
@@ -75,3 +76,41 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL, payload {t.blob} NOT NULL
 );
 """
+
+
+# The statements that write rows, with ``?`` placeholders (``Store._sql`` adapts them).
+INSERT_CLASSIFICATION = (
+    f"INSERT INTO classifications ({', '.join(CLASSIFICATION_INSERT)}) "
+    f"VALUES ({', '.join('?' * len(CLASSIFICATION_INSERT))}) "
+    "ON CONFLICT (device, id) DO NOTHING"
+)
+INSERT_ERROR = (
+    "INSERT INTO errors (device, id, source, frame_ref, reason, detail, "
+    "quarantined_to, at, payload, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (device, id) DO NOTHING"
+)
+UPSERT_STATUS = (
+    "INSERT INTO devices (device, state, agent_version, model, status_at, "
+    "status_payload, last_seen) VALUES (?,?,?,?,?,?,?) "
+    "ON CONFLICT (device) DO UPDATE SET state = excluded.state, "
+    "agent_version = COALESCE(excluded.agent_version, devices.agent_version), "
+    "model = COALESCE(excluded.model, devices.model), "
+    "status_at = COALESCE(excluded.status_at, devices.status_at), "
+    "status_payload = COALESCE(excluded.status_payload, devices.status_payload), "
+    "last_seen = excluded.last_seen"
+)
+UPSERT_STATS = (
+    "INSERT INTO devices (device, stats_at, stats_payload, last_seen) "
+    "VALUES (?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
+    "stats_at = excluded.stats_at, stats_payload = excluded.stats_payload, "
+    "last_seen = excluded.last_seen"
+)
+INSERT_THUMBNAIL = (
+    "INSERT INTO thumbnails (device, id, jpeg, stored_at) VALUES (?,?,?,?) "
+    "ON CONFLICT (device, id) DO NOTHING"
+)
+INSERT_MESSAGE = (
+    "INSERT INTO messages (device, kind, id, payload, stored_at) "
+    "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING"
+)
+INSERT_REJECTED = "INSERT INTO rejected (received_at, topic, reason, payload) VALUES (?,?,?,?)"
