@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 ONNX_NAME = "model_qat.onnx"
 REPORT_NAME = "qat.json"
-# The ONNX metadata keys build_engine.export reads (build_engine may import training, not the
+# The ONNX metadata keys build_engine.onnx_metadata reads (build_engine may import training, not the
 # reverse; tests/training/test_qat.py proves build-engine reads what is written here).
 META_MODEL_NAME = "galaxy_edge.model_name"
 META_PROVENANCE = "galaxy_edge.training_provenance"
