@@ -171,20 +171,12 @@ class Store(ABC):
                 others.append((r.device, r.kind, r.id, r.payload, now))
         rej_rows = [(now, j.topic, j.reason, self._blob(j.payload)) for j in rejected]
         try:
-            if cls_rows:
-                n = self._executemany(
-                    self._sql(INSERT_CLASSIFICATION),
-                    cls_rows,
-                )
-                counts.stored += n
-                counts.duplicates += len(cls_rows) - n
-            if err_rows:
-                n = self._executemany(
-                    self._sql(INSERT_ERROR),
-                    err_rows,
-                )
-                counts.stored += n
-                counts.duplicates += len(err_rows) - n
+            # A row already there (a replay) is a duplicate, not an error.
+            for statement, rows in ((INSERT_CLASSIFICATION, cls_rows), (INSERT_ERROR, err_rows)):
+                if rows:
+                    n = self._executemany(self._sql(statement), rows)
+                    counts.stored += n
+                    counts.duplicates += len(rows) - n
             for s in statuses.values():
                 self._execute(
                     self._sql(UPSERT_STATUS),
@@ -203,21 +195,13 @@ class Store(ABC):
                     self._sql(UPSERT_STATS),
                     (st.device, self._ts(st.at), st.payload, now),
                 )
-            if thumbs:
-                self._executemany(
-                    self._sql(INSERT_THUMBNAIL),
-                    thumbs,
-                )
-            if others:
-                self._executemany(
-                    self._sql(INSERT_MESSAGE),
-                    others,
-                )
-            if rej_rows:
-                self._executemany(
-                    self._sql(INSERT_REJECTED),
-                    rej_rows,
-                )
+            for statement, more in (
+                (INSERT_THUMBNAIL, thumbs),
+                (INSERT_MESSAGE, others),
+                (INSERT_REJECTED, rej_rows),
+            ):
+                if more:
+                    self._executemany(self._sql(statement), more)
             self._commit()
         except Exception:
             self._rollback()
