@@ -17,6 +17,8 @@ from pathlib import Path
 
 from required_tools import missing
 
+from edge_agent.local_run import free_port
+
 DRIVERS = ("indi_simulator_telescope", "indi_simulator_ccd")
 
 
@@ -27,12 +29,6 @@ def find_indiserver() -> str | None:
 def require_indiserver() -> None:
     if find_indiserver() is None or shutil.which("indi_simulator_ccd") is None:
         missing("indiserver and its simulators are not installed (apt-get install -y indi-bin)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class IndiServer:

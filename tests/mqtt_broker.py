@@ -26,6 +26,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from required_tools import missing
 
+from edge_agent.local_run import free_port
+
 
 def find_mosquitto() -> str | None:
     """The broker binary: on PATH, or Debian's /usr/sbin (not on a normal user's PATH)."""
@@ -40,12 +42,6 @@ def require_mosquitto() -> str:
     if binary is None:
         missing("mosquitto is not installed (apt-get install -y mosquitto)")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MosquittoBroker:
