@@ -18,107 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from training.errors import UsageError
+from training.shift_report import compare_single, format_report, summarise
+from training.survey_conditions import CLEAN, CONDITIONS, Condition, apply_condition, by_name
 
 Echo = Callable[[str], None]
 RESULTS_NAME = "shift.json"
 REPORT_NAME = "shift.md"
-CLEAN = "clean"
 NOISE_SEED = 12345
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One fixed observing condition, in shares of the input range (0 black, 1 white).
-
-    ``psf_fwhm`` is a share of the image side (0.03 of a 256-px DECaLS cut-out is 7.7 px, 2.0
-    arcsec); ``zoom`` above 1 shows the galaxy larger (a closer one), below 1 smaller with black
-    sky around it (a farther one).
-    """
-
-    name: str
-    meaning: str
-    gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    contrast: float = 1.0
-    psf_fwhm: float = 0.0
-    sky: float = 0.0
-    noise: float = 0.0
-    zoom: float = 1.0
-
-
-CONDITIONS: tuple[Condition, ...] = (
-    Condition(CLEAN, "the images as they are"),
-    Condition("fainter", "flux x0.6 (a shallower exposure or a farther galaxy)", gain=(0.6,) * 3),
-    Condition("brighter", "flux x1.4", gain=(1.4,) * 3),
-    Condition(
-        "seeing", "extra Moffat PSF of FWHM 0.03 of the side (2 arcsec at 256 px)", psf_fwhm=0.03
-    ),
-    Condition("sky", "sky level +0.06 of the range (moonlight, background residuals)", sky=0.06),
-    Condition("noise", "Gaussian sky noise of std 0.05 of the range", noise=0.05),
-    Condition(
-        "colour", "band gains 1.12 / 1.0 / 0.88 (zero points, extinction)", gain=(1.12, 1.0, 0.88)
-    ),
-    Condition(
-        "stretch", "contrast x0.7 about the image mean (another display stretch)", contrast=0.7
-    ),
-    Condition("smaller", "galaxy shown at 0.75 of its size, black sky around", zoom=0.75),
-    Condition("larger", "galaxy shown at 1.3 of its size", zoom=1.3),
-)
-
-
-def by_name(names: Sequence[str]) -> tuple[Condition, ...]:
-    known = {c.name: c for c in CONDITIONS}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"unknown condition(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return tuple(known[n] for n in names)
-
-
-def zoom_unit(unit: torch.Tensor, zoom: float) -> torch.Tensor:
-    """An N x C x H x W batch in [0, 1] magnified ``zoom`` times about its centre."""
-    if zoom == 1.0:
-        return unit
-    n = unit.shape[0]
-    theta = torch.zeros(n, 2, 3, dtype=unit.dtype, device=unit.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom  # output -> input coordinates
-    grid = F.affine_grid(theta, list(unit.shape), align_corners=False)
-    return F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def apply_condition(
-    batch: torch.Tensor,
-    condition: Condition,
-    input_range: tuple[float, float],
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """``condition`` on an N x 3 x S x S model-input batch (values in ``input_range``), through
-    the same effects as training's survey augmentation, at fixed strengths."""
-    from training.recipe_config import SurveyAugmentConfig
-    from training.survey_augment import SurveyDraw, apply, from_unit, to_unit
-
-    if condition.name == CLEAN:
-        return batch
-    n, side = batch.shape[0], batch.shape[-1]
-    unit = zoom_unit(to_unit(batch.float(), input_range), condition.zoom)
-    params = SurveyDraw(
-        gain=torch.tensor(condition.gain, dtype=unit.dtype).repeat(n, 1),
-        contrast=torch.full((n,), condition.contrast),
-        psf_fwhm=torch.full((n,), condition.psf_fwhm * side),
-        sky=torch.full((n,), condition.sky),
-        noise=torch.full((n,), condition.noise),
-    )
-    config = SurveyAugmentConfig(psf_profile="moffat")
-    return from_unit(apply(unit, params, config, generator), input_range)
 
 
 @torch.no_grad()
@@ -198,132 +112,6 @@ def crossval_folds(runs_dir: Path) -> int:
         raise UsageError(
             f"{path}: unreadable ({exc}); --runs takes the --out of galaxy-train crossval"
         ) from exc
-
-
-def summarise(
-    results: dict[str, dict[str, dict[str, dict[str, Any]]]],
-    conditions: Sequence[Condition],
-    folds: int,
-    baseline: str,
-) -> dict[str, Any]:
-    """Per variant, the mean accuracy per condition and over the shifted ones; each variant's
-    paired comparison to the baseline on the clean and the shifted mean accuracy (none when
-    ``folds`` is below 2: single runs)."""
-    from training.crossval import compare_paired
-
-    shifted = [c.name for c in conditions if c.name != CLEAN]
-
-    def per_run(runs: dict[str, dict[str, dict[str, Any]]], fold: str, key: str) -> float:
-        if key == "shifted":
-            return float(np.mean([runs[fold][c]["accuracy"] for c in shifted]))
-        return float(runs[fold][key]["accuracy"])
-
-    keys = [c.name for c in conditions] + (["shifted"] if shifted else [])
-    summary: dict[str, dict[str, float]] = {}
-    for name, runs in results.items():
-        summary[name] = {
-            key: float(np.mean([per_run(runs, f, key) for f in runs])) for key in keys
-        } | {"runs": len(runs)}
-    comparisons: list[dict[str, Any]] = []
-    base_runs = results.get(baseline, {})
-    for name, runs in results.items():
-        if name == baseline or folds < 2:
-            continue
-        common = sorted(set(runs) & set(base_runs))
-        for key in [k for k in (CLEAN, "shifted") if k in keys]:
-            c = compare_paired(
-                [per_run(base_runs, f, key) for f in common],
-                [per_run(runs, f, key) for f in common],
-                1.0 / folds,
-                names=(baseline, name),
-                metric=f"accuracy ({key})",
-            )
-            comparisons.append(c.to_json())
-    return {"summary": summary, "comparisons": comparisons}
-
-
-def mcnemar(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
-    """Two runs' per-image outcomes on the same images: the discordant counts and McNemar's exact
-    two-sided p-value (only images one run gets right and the other wrong carry information)."""
-    from scipy.stats import binomtest
-
-    gained = int(np.sum(other & ~base))
-    lost = int(np.sum(base & ~other))
-    p = 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5).pvalue)
-    return {"gained": gained, "lost": lost, "p_value": p}
-
-
-def compare_single(
-    correct: dict[str, dict[str, np.ndarray]], conditions: Sequence[Condition], baseline: str
-) -> list[dict[str, Any]]:
-    """Each run against the baseline, per condition, on the same test images."""
-    rows: list[dict[str, Any]] = []
-    base = correct[baseline]
-    for name, own in correct.items():
-        if name == baseline:
-            continue
-        if not np.array_equal(own["_test"], base["_test"]):
-            raise UsageError(
-                f"runs {baseline} and {name} have other test parts; compare runs that share "
-                "their split (the same data, seed and fractions)"
-            )
-        for c in conditions:
-            diff = float(own[c.name].mean() - base[c.name].mean())
-            rows.append(
-                {"variant": name, "condition": c.name, "diff": diff}
-                | mcnemar(base[c.name], own[c.name])
-            )
-    return rows
-
-
-def format_report(doc: dict[str, Any]) -> str:
-    names = [c["name"] for c in doc["conditions"]]
-    keys = names + (["shifted"] if len(names) > 1 else [])
-    lines = [
-        f"# Accuracy under survey shift: {doc['title']}",
-        "",
-        "Test accuracy (the mean over the finished folds of each variant); `shifted` is the "
-        "mean over every condition but `clean`.",
-        "",
-        "| variant | runs | " + " | ".join(keys) + " |",
-        "|---|---|" + "---|" * len(keys),
-    ]
-    for name, row in doc["summary"].items():
-        cells = " | ".join(f"{row[k]:.3f}" for k in keys)
-        lines.append(f"| {name} | {row['runs']} | {cells} |")
-    lines += ["", "| condition | what it is |", "|---|---|"]
-    lines += [f"| {c['name']} | {c['meaning']} |" for c in doc["conditions"]]
-    if doc.get("per_image"):
-        lines += [
-            "",
-            "Against the baseline on the same test images: images gained and lost, McNemar's "
-            "exact two-sided p-value.",
-            "",
-            "| run | condition | diff | gained | lost | p |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in doc["per_image"]:
-            lines.append(
-                f"| {r['variant']} | {r['condition']} | {r['diff']:+.3f} | {r['gained']} | "
-                f"{r['lost']} | {r['p_value']:.3f} |"
-            )
-    if doc["comparisons"]:
-        lines += [
-            "",
-            "Paired against the baseline on the same folds (95% interval, Nadeau-Bengio "
-            "correction):",
-            "",
-            "| variant | metric | runs | mean diff | 95% interval | verdict |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in doc["comparisons"]:
-            low, high = c["low"], c["high"]
-            interval = f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low) else "n/a"
-            lines.append(
-                f"| {c['variant']} | {c['metric']} | {c['runs']} | {c['mean_diff']:+.3f} | "
-                f"{interval} | {c['verdict']} |"
-            )
-    return "\n".join(lines) + "\n"
 
 
 def run_shift(
