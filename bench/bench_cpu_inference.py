@@ -43,6 +43,8 @@ from typing import Any
 import demo_models
 import numpy as np
 
+from training import host
+
 VARIANTS = ("ort-fp32", "ort-fp32-nospin", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ort-fp16")
 DEFAULT_VARIANTS = VARIANTS[:-1]
 LABELS = {
@@ -184,13 +186,7 @@ def gate_rows(
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return host.cpu_name("unknown CPU")
 
 
 def _versions() -> str:

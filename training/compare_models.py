@@ -19,15 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.crossval import (
-    Variant,
-    add_common,
-    base_values,
-    cli_overrides,
-    run_crossval,
-    variant_values,
-)
+from training import host
+from training.cli_parsers import add_subcommand
+from training.crossval import run_crossval
+from training.crossval_cli import add_common, base_values, check_data, cli_overrides
 from training.errors import TrainingError, UsageError
+from training.variants import Variant, variant_values
 
 Echo = Callable[[str], None]
 # MobileViT-S and the lightweight peers the paper compares it with, as timm names.
@@ -45,13 +42,8 @@ PLOT_NAME = "compare.png"
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name; the machine type where the platform names no processor."""
+    return host.cpu_name(platform.machine())
 
 
 def cpu_latency_ms(
@@ -217,14 +209,14 @@ def run_compare(
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
-    p = sub.add_parser(
+    p = add_subcommand(
+        sub,
         "compare",
         help="the paper's comparison: several timm models trained and evaluated alike",
         description="Train each --models entry with the same base config on the same repeated "
         "stratified k-fold (galaxy-train crossval), then measure parameters and CPU ms per "
         "image. Writes compare.json, compare.md (table) and compare.png (plot).",
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)
     p.add_argument(
@@ -245,10 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edge_agent.contract import exit_codes
 
-    if not args.data.exists():
-        raise UsageError(
-            f"{args.data}: does not exist; --data takes an .h5, a CSV or class folders"
-        )
+    check_data(args.data)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
