@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from edge_agent.contract import exit_codes
+from training.cli_parsers import add_subcommand
 
 DESCRIPTION = (
     "Fit temperature scaling on the run's validation split (from its split.json) and store T in "
@@ -19,12 +20,12 @@ DESCRIPTION = (
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
-    c = sub.add_parser(
+    c = add_subcommand(
+        sub,
         "calibrate",
         help="fit the temperature of an existing run (calibrated confidence)",
         description=DESCRIPTION,
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--checkpoint", required=True, type=Path, help="the run directory")
     c.add_argument(

@@ -19,22 +19,24 @@ against the FP32 model it started from, like any INT8 candidate.
 
 LayerNorm, Softmax and residual additions get no quantizer: ModelOpt quantizes module inputs and
 weights of Conv and Linear layers only.
+
+The export is in :mod:`training.qat_onnx`, the command line in :mod:`training.qat_cli`; their
+names are re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.contract import exit_codes
 from training.errors import TrainingError, UsageError
+from training.qat_cli import DESCRIPTION, add_parser, run
+from training.qat_onnx import OPSET, export_qat_onnx, fold_constant_casts
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +51,27 @@ META_PARAMETERS = "galaxy_edge.parameters"
 META_PREPROCESS = "galaxy_edge.preprocess"
 META_DECODE = "galaxy_edge.decode"
 META_QAT = "galaxy_edge.qat"
-OPSET = 17
+
+__all__ = [
+    "DESCRIPTION",
+    "META_DECODE",
+    "META_MODEL_NAME",
+    "META_PARAMETERS",
+    "META_PREPROCESS",
+    "META_PROVENANCE",
+    "META_QAT",
+    "ONNX_NAME",
+    "OPSET",
+    "REPORT_NAME",
+    "QatOptions",
+    "QatReport",
+    "add_parser",
+    "export_qat_onnx",
+    "fold_constant_casts",
+    "qat_config",
+    "run",
+    "run_qat",
+]
 
 Echo = Callable[[str], None]
 
@@ -132,94 +154,6 @@ def qat_config(mtq: Any) -> dict[str, Any]:
     for kind in ("nn.LayerNorm",):
         config["quant_cfg"].append({"quantizer_name": "*", "parent_class": kind, "enable": False})
     return config
-
-
-def fold_constant_casts(model: Any) -> int:
-    """Replace ``Cast(Constant)`` by one Constant: ModelOpt writes zero points that way.
-
-    build-engine's Q/DQ check (and TensorRT) want zero points that are plain constants.
-    Returns how many casts were folded.
-    """
-    from onnx import helper, numpy_helper
-
-    consts = {
-        node.output[0]: node
-        for node in model.graph.node
-        if node.op_type == "Constant" and any(a.name == "value" for a in node.attribute)
-    }
-    folded = 0
-    for k, node in enumerate(list(model.graph.node)):
-        if node.op_type != "Cast" or node.input[0] not in consts:
-            continue
-        to = next(a.i for a in node.attribute if a.name == "to")
-        value = numpy_helper.to_array(
-            next(a.t for a in consts[node.input[0]].attribute if a.name == "value")
-        )
-        dtype = helper.tensor_dtype_to_np_dtype(to)
-        replacement = helper.make_node(
-            "Constant",
-            [],
-            [node.output[0]],
-            name=node.name or f"folded_cast_{k}",
-            value=numpy_helper.from_array(value.astype(dtype)),
-        )
-        index = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        model.graph.node.insert(index, replacement)
-        folded += 1
-    return folded
-
-
-def _qdq_pairs(model: Any) -> int:
-    return sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
-
-
-def export_qat_onnx(
-    model: torch.nn.Module,
-    path: Path,
-    input_size: int,
-    metadata: dict[str, str],
-) -> tuple[int, float]:
-    """Export the fake-quantized ``model`` with explicit Q/DQ; returns (pairs, max |onnx - torch|)."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    model = model.eval().cpu()
-    dummy = torch.zeros(1, 3, input_size, input_size)
-    # ModelOpt's quantizers trace with Python branches on amax (TracerWarnings) and only the
-    # TorchScript exporter knows their Q/DQ symbolic (a DeprecationWarning): expected, silenced.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            opset_version=OPSET,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    graph = onnx.load(str(path))
-    fold_constant_casts(graph)
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
-    check = torch.from_numpy(
-        np.random.default_rng(0)
-        .uniform(-1.0, 1.0, (2, 3, input_size, input_size))
-        .astype("float32")
-    )
-    with torch.no_grad():
-        expected = model(check).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": check.numpy()})[0]
-    return _qdq_pairs(graph), float(np.max(np.abs(got - expected)))
 
 
 def run_qat(opts: QatOptions, echo: Echo = print) -> QatReport:
@@ -371,68 +305,3 @@ def run_qat(opts: QatOptions, echo: Echo = print) -> QatReport:
     )
     (out / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1), encoding="utf-8")
     return report
-
-
-DESCRIPTION = (
-    "Quantization-aware fine-tuning: INT8 fake-quant (NVIDIA ModelOpt) inserted into a trained "
-    "run, fine-tuned on its training split only, exported to OUT/model_qat.onnx with explicit "
-    "symmetric Q/DQ. Build and gate it with: build-engine --onnx OUT/model_qat.onnx --precision "
-    "int8 --reference RUN --gate-data HELDOUT"
-)
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
-    q = sub.add_parser(
-        "qat",
-        help="quantization-aware fine-tuning to an INT8 Q/DQ ONNX file",
-        description=DESCRIPTION,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    q.add_argument("--checkpoint", required=True, type=Path, help="the trained run directory")
-    q.add_argument("--data", required=True, type=Path, help="the run's data (its split indexes it)")
-    q.add_argument("--out", required=True, type=Path, help="directory for model_qat.onnx, qat.json")
-    q.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
-    q.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
-    q.add_argument("--batch-size", type=int, default=16, help="default 16")
-    q.add_argument(
-        "--calib-images", type=int, default=256, help="training images for the initial ranges"
-    )
-    q.add_argument("--max-steps", type=int, help="stop after this many steps (short CPU runs)")
-    q.add_argument("--limit", type=int, help="use N training images spread evenly (smoke runs)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the shuffling and augmentation")
-    q.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    q.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=True,
-        help="no progress bar on stderr",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from training.checkpoint import resolve_weights
-
-    resolve_weights(args.checkpoint)  # missing or tampered weights: refused before the data
-    report = run_qat(
-        QatOptions(
-            checkpoint=args.checkpoint,
-            data=args.data,
-            out=args.out,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            calib_images=args.calib_images,
-            max_steps=args.max_steps,
-            limit=args.limit,
-            seed=args.seed,
-            device=args.device,
-            progress=args.progress,
-        )
-    )
-    print(
-        f"{report.onnx}: {report.qdq_pairs} Q/DQ pairs after {report.steps} QAT steps on "
-        f"{report.train_images} training images ({report.seconds:.0f} s)"
-    )
-    return exit_codes.OK

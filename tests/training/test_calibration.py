@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from calibration_testkit import recorded_weights
 from training_testkit import flip_bytes, tiny_config_values
+from weights_testkit import recorded_weights
 
 from edge_agent.contract import exit_codes
 from training.calibration import RELIABILITY_NAME, read_calibration

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from calibration_testkit import recorded_weights
 from safetensors.numpy import save_file
 from training_testkit import flip_bytes
+from weights_testkit import recorded_weights
 
 from edge_agent.contract.manifest import Calibration
 from training.calibration_record import CALIBRATION_KEY, read_calibration, write_calibration

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from training_testkit import tiny_config_values
@@ -24,7 +23,6 @@ from build_engine.export import read_metadata
 from build_engine.pipeline import BuildRequest, build
 from build_engine.quantize import check_qdq
 from edge_agent.contract.manifest import load_bundle
-from training import cli
 from training.checkpoint import read_checkpoint_config
 from training.config import make_config
 from training.qat import ONNX_NAME, REPORT_NAME, QatOptions, run_qat
@@ -149,40 +147,6 @@ def test_reference_is_refused_for_an_fp32_onnx(tiny_run: Path, tmp_path: Path, c
     export_checkpoint(tiny_run, fp32)
     with pytest.raises(UsageError, match="drop it"):
         build(_cpu(tmp_path, onnx=fp32, reference=tiny_run), cpu_device, lambda _: None)
-
-
-def test_qat_cli_refuses_bad_options_before_work(tiny_run: Path, tmp_path: Path) -> None:
-    assert cli.main(["qat", "--checkpoint", str(tiny_run), "--data", str(tmp_path / "nope"),
-                     "--out", str(tmp_path / "q")]) == 2  # fmt: skip
-    assert cli.main(["qat", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path),
-                     "--out", str(tmp_path / "q")]) == 2  # fmt: skip
-    assert not (tmp_path / "q").exists()
-
-
-def test_fold_constant_casts_makes_zero_points_constants() -> None:
-    from onnx import TensorProto, helper, numpy_helper
-
-    from training.qat import fold_constant_casts
-
-    zero = helper.make_node(
-        "Constant", [], ["z32"], value=numpy_helper.from_array(np.array(0.0, np.float32))
-    )
-    cast = helper.make_node("Cast", ["z32"], ["z8"], to=TensorProto.INT8)
-    scale = helper.make_node(
-        "Constant", [], ["s"], value=numpy_helper.from_array(np.array(0.1, np.float32))
-    )
-    q = helper.make_node("QuantizeLinear", ["x", "s", "z8"], ["q"])
-    dq = helper.make_node("DequantizeLinear", ["q", "s", "z8"], ["y"])
-    graph = helper.make_graph(
-        [zero, cast, scale, q, dq],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert fold_constant_casts(model) == 1
-    assert check_qdq(model) == 1
-    onnx.checker.check_model(model)
 
 
 def test_qat_config_leaves_layernorm_out_of_int8() -> None:

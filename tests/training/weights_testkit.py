@@ -1,4 +1,4 @@
-"""A small recorded weights file for the calibration tests (the record and the CLI)."""
+"""A small recorded weights file for the tests that need a checkpoint but no training."""
 
 from __future__ import annotations
 
