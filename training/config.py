@@ -13,41 +13,29 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edge_agent.contract.decode_config import DecodeSpec
 from edge_agent.contract.preprocess import DEFAULT_SPEC, PreprocessSpec
+from training.config_fields import StrictConfig, up_to
 from training.errors import UsageError
 from training.recipe_config import DistillConfig, RegulariseConfig, SurveyAugmentConfig
 
 CONFIG_NAME = "config.json"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
-
-
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictConfig):
     """Training-only augmentation, applied batch-wise on the training device (one grid_sample)."""
 
     rotate: bool = Field(default=True, description="uniform rotation over the full circle")
     flip: bool = Field(default=True, description="horizontal and vertical flips, each with p=0.5")
     zoom_min: float = Field(default=0.8, gt=0.0, description="smallest zoom factor (>1 zooms in)")
     zoom_max: float = Field(default=1.2, gt=0.0, description="largest zoom factor")
-    translate: float = Field(
-        default=0.1, ge=0.0, le=0.5, description="random crop: shift, share of side"
-    )
-    brightness: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="+- additive jitter, off by default"
-    )
-    contrast: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="+- multiplicative jitter, off by default"
-    )
-    noise: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="std of Gaussian noise on [-1, 1] input (scaled to other input ranges)",
+    translate: float = up_to(0.1, 0.5, "random crop: shift, share of side")
+    brightness: float = up_to(0.0, 1.0, "+- additive jitter, off by default")
+    contrast: float = up_to(0.0, 1.0, "+- multiplicative jitter, off by default")
+    noise: float = up_to(
+        0.0, 1.0, "std of Gaussian noise on [-1, 1] input (scaled to other input ranges)"
     )
 
     @model_validator(mode="after")
@@ -57,7 +45,7 @@ class AugmentConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     """Everything that decides a run. Saved as ``config.json`` and in the checkpoint metadata."""
 
     data: str = Field(description="Galaxy10_DECals.h5, a labels CSV or a class-folder tree")

@@ -7,14 +7,12 @@ config still validates. ``training/recipes/generalise.json`` turns them on.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from training.config_fields import StrictConfig, chance, up_to
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
-
-
-class SurveyAugmentConfig(_Strict):
+class SurveyAugmentConfig(StrictConfig):
     """What varies from one survey field to the next, applied per image on the training device.
 
     Each effect is drawn per image with its probability ``p_*`` (0 turns it off), with a strength
@@ -22,41 +20,29 @@ class SurveyAugmentConfig(_Strict):
     (0 = black, 1 = white), so the same numbers fit any preprocessing spec.
     """
 
-    p_brightness: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="probability of a flux scale (exposure, distance)"
+    p_brightness: float = chance("probability of a flux scale (exposure, distance)")
+    brightness: float = up_to(
+        0.3, 0.9, "flux scale factor drawn in [1 - b, 1 + b], all bands alike, about black"
     )
-    brightness: float = Field(
-        default=0.3,
-        ge=0.0,
-        le=0.9,
-        description="flux scale factor drawn in [1 - b, 1 + b], all bands alike, about black",
-    )
-    p_contrast: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="probability of a contrast (stretch) change"
-    )
-    contrast: float = Field(
-        default=0.3,
-        ge=0.0,
-        le=0.9,
-        description="contrast factor drawn in [1 - c, 1 + c] about the image's own mean "
+    p_contrast: float = chance("probability of a contrast (stretch) change")
+    contrast: float = up_to(
+        0.3,
+        0.9,
+        "contrast factor drawn in [1 - c, 1 + c] about the image's own mean "
         "(another display stretch)",
     )
-    p_colour: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="probability of a colour-balance change"
-    )
-    colour: float = Field(
-        default=0.1,
-        ge=0.0,
-        le=0.9,
-        description="per-band gain drawn in [1 - c, 1 + c] for each of the 3 bands (g, r, z "
+    p_colour: float = chance("probability of a colour-balance change")
+    colour: float = up_to(
+        0.1,
+        0.9,
+        "per-band gain drawn in [1 - c, 1 + c] for each of the 3 bands (g, r, z "
         "zero points and extinction differ across a survey)",
     )
-    p_psf: float = Field(default=0.0, ge=0.0, le=1.0, description="probability of extra seeing")
-    psf_fwhm_max: float = Field(
-        default=0.02,
-        ge=0.0,
-        le=0.1,
-        description="largest extra PSF FWHM as a share of the input side, drawn in [0, max] "
+    p_psf: float = chance("probability of extra seeing")
+    psf_fwhm_max: float = up_to(
+        0.02,
+        0.1,
+        "largest extra PSF FWHM as a share of the input side, drawn in [0, max] "
         "(0.02 of a 256-pixel DECaLS cut-out is 5 px, 1.3 arcsec at 0.262 arcsec/px)",
     )
     psf_profile: str = Field(
@@ -67,24 +53,18 @@ class SurveyAugmentConfig(_Strict):
     moffat_beta: float = Field(
         default=3.5, gt=1.0, le=10.0, description="Moffat beta (4.765 is Kolmogorov-like)"
     )
-    p_sky: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="probability of a sky-level offset"
-    )
-    sky_level: float = Field(
-        default=0.05,
-        ge=0.0,
-        le=0.5,
-        description="sky offset drawn in [-s, s], as a share of the input range (background "
+    p_sky: float = chance("probability of a sky-level offset")
+    sky_level: float = up_to(
+        0.05,
+        0.5,
+        "sky offset drawn in [-s, s], as a share of the input range (background "
         "subtraction residuals, moonlight)",
     )
-    p_noise: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="probability of added sky noise"
-    )
-    noise_max: float = Field(
-        default=0.04,
-        ge=0.0,
-        le=0.5,
-        description="std of added Gaussian sky noise drawn in [0, max], as a share of the input "
+    p_noise: float = chance("probability of added sky noise")
+    noise_max: float = up_to(
+        0.04,
+        0.5,
+        "std of added Gaussian sky noise drawn in [0, max], as a share of the input "
         "range (shallower exposures)",
     )
 
@@ -94,7 +74,7 @@ class SurveyAugmentConfig(_Strict):
         return any(p > 0 for p in (*probs, self.p_sky, self.p_noise))
 
 
-class RegulariseConfig(_Strict):
+class RegulariseConfig(StrictConfig):
     """Weight averaging and label mixing; label smoothing is ``TrainConfig.label_smoothing``."""
 
     ema_decay: float | None = Field(
@@ -118,14 +98,9 @@ class RegulariseConfig(_Strict):
         ge=0.0,
         description="cutmix: a box of share 1 - lambda, lambda ~ Beta(a, a), from another image",
     )
-    mix_prob: float = Field(
-        default=1.0, ge=0.0, le=1.0, description="probability that a batch is mixed at all"
-    )
-    switch_prob: float = Field(
-        default=0.5,
-        ge=0.0,
-        le=1.0,
-        description="with both on: probability that a mixed batch uses cutmix rather than mixup",
+    mix_prob: float = chance("probability that a batch is mixed at all", default=1.0)
+    switch_prob: float = chance(
+        "with both on: probability that a mixed batch uses cutmix rather than mixup", default=0.5
     )
 
     @property
@@ -133,7 +108,7 @@ class RegulariseConfig(_Strict):
         return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
-class DistillConfig(_Strict):
+class DistillConfig(StrictConfig):
     """Distillation from an ensemble of trained galaxy-train runs (the teachers)."""
 
     teachers: list[str] = Field(
@@ -145,11 +120,8 @@ class DistillConfig(_Strict):
     temperature: float = Field(
         default=4.0, gt=0.0, le=20.0, description="softening temperature T of both softmaxes"
     )
-    alpha: float = Field(
-        default=0.7,
-        ge=0.0,
-        le=1.0,
-        description="loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy",
+    alpha: float = up_to(
+        0.7, 1.0, "loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy"
     )
 
     @model_validator(mode="after")
