@@ -47,7 +47,8 @@ def _split_csvs(checkpoint: Path, data: Path, work: Path) -> tuple[Path, Path]:
             writer.writerow(["file", "label", "name"])
             for i in sorted(i for part in parts for i in split[part]):
                 row = rows[i]
-                writer.writerow([str(data.parent / row["file"]), row["label"], row["name"]])
+                image = (data.parent / row["file"]).resolve()  # the CSVs live in --work
+                writer.writerow([str(image), row["label"], row["name"]])
         out.append(path)
     return out[0], out[1]
 
