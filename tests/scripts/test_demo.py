@@ -25,8 +25,9 @@ def test_demo_classifies_every_shipped_frame_over_mqtt(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "20/20 frames classified over MQTT" in run.stdout
-    # The shipped model agrees with the volunteers on most of its own test frames (15/20 when
-    # recorded); far above the 2/20 of chance.
+    # The shipped model agrees with the volunteers on most of its own test frames (11/20 for
+    # the current demo model, 15/20 for the first; ONNX Runtime is deterministic on the CPU);
+    # far above the 2/20 of chance.
     agree = int(run.stdout.split("classified over MQTT, ")[1].split()[0])
     assert agree >= 10
     assert (tmp_path / "bundle" / "manifest.json").is_file()
