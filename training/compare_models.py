@@ -109,8 +109,8 @@ def format_table(doc: dict[str, Any]) -> str:
         f"CPU latency: batch 1, float32, PyTorch eager, {doc['threads']} threads on "
         f"{doc['cpu']}, median of {doc['timing_repeats']} after warm-up.",
         "",
-        f"| model | parameters | accuracy | macro-F1 | ms / image (CPU) | accuracy vs {first} |",
-        "|---|---|---|---|---|---|",
+        f"| model | parameters | folds | accuracy | macro-F1 | ms / image (CPU) | accuracy vs {first} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in doc["models"]:
         s = doc["crossval"]["summary"][name]
@@ -128,7 +128,8 @@ def format_table(doc: dict[str, Any]) -> str:
             else "(reference)"
         )
         lines.append(
-            f"| {name} | {p['parameters'] / 1e6:.2f} M | {pm('accuracy')} | {pm('macro_f1')} | "
+            f"| {name} | {p['parameters'] / 1e6:.2f} M | {s['runs']} | {pm('accuracy')} | "
+            f"{pm('macro_f1')} | "
             f"{p['cpu_ms_per_image']:.1f} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
@@ -182,14 +183,31 @@ def run_compare(
     threads: int,
     timing_repeats: int = 15,
     forced: dict[str, Any] | None = None,
+    report_only: bool = False,
     echo: Echo = print,
 ) -> dict[str, Any]:
+    """Train (or, with ``report_only``, only report the finished folds of) each model, then
+    profile them all and write the table and the plot."""
     if len(models) < 2:
         raise UsageError("--models: a comparison needs at least two models")
     variants = [Variant(name, {"model": name}) for name in models]
     crossval = run_crossval(
-        base, variants, out, folds=folds, repeats=repeats, seed=seed, forced=forced, echo=echo
+        base,
+        variants,
+        out,
+        folds=folds,
+        repeats=repeats,
+        seed=seed,
+        forced=forced,
+        report_only=report_only,
+        echo=echo,
     )
+    unfinished = [m for m in models if not crossval["runs"].get(m)]
+    if unfinished:
+        raise UsageError(
+            f"{out}: no finished fold of {', '.join(unfinished)}; train them first (run without "
+            "--report-only) or leave them out of --models"
+        )
     alike = variant_values(base, Variant("", {}), forced)
     profile = profile_models(models, alike, threads=threads, repeats=timing_repeats)
     doc = {
@@ -230,6 +248,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
     p.add_argument(
         "--timing-repeats", type=int, default=15, help="timed forward passes per model (15)"
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: profile the models and report the folds that are finished",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -252,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads or os.cpu_count() or 1,
             timing_repeats=args.timing_repeats,
             forced=cli_overrides(args),
+            report_only=args.report_only,
         )
     except OSError as exc:
         raise TrainingError(f"{args.out}: cannot write the results ({exc})") from exc

@@ -70,15 +70,17 @@ def _doc() -> dict[str, object]:
 
 def test_table_has_each_model_with_its_figures_and_verdict(tmp_path: Path) -> None:
     table = format_table(_doc())
-    assert "| a | 4.90 M | 0.600 ± 0.020 | 0.580 ± 0.030 | 30.0 | (reference) |" in table
-    assert "| b | 11.20 M | 0.500 ± 0.040 |" in table and "hurts" in table
+    assert "| a | 4.90 M | 3 | 0.600 ± 0.020 | 0.580 ± 0.030 | 30.0 | (reference) |" in table
+    assert "| b | 11.20 M | 3 | 0.500 ± 0.040 |" in table and "hurts" in table
     assert "2 threads on test cpu" in table
     plot(_doc(), tmp_path / "p.png")
     image = cv2.imread(str(tmp_path / "p.png"))
     assert image is not None and image.shape[0] > 300 and image.std() > 5
 
 
-def test_compare_command_end_to_end(easy_folder: Path, tmp_path: Path) -> None:
+def test_compare_command_end_to_end(
+    easy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cmp"
     config = tmp_path / "base.json"
     config.write_text(json.dumps({"image_size": 32, "batch_size": 16, "val_fraction": 0.2}))
@@ -97,6 +99,26 @@ def test_compare_command_end_to_end(easy_folder: Path, tmp_path: Path) -> None:
         assert (out / name / "r0f1" / "best.safetensors").is_file()
     assert "| test_resnet |" in (out / "compare.md").read_text()
     assert (out / "compare.png").stat().st_size > 1000
+
+    # a cut comparison reports its finished folds without training
+    (out / "test_resnet" / "r0f1" / "metrics.json").unlink()
+    code = main(
+        ["compare", "--data", str(easy_folder), "--out", str(out), "--config", str(config),
+         "--models", "test_efficientnet,test_resnet", "--folds", "2", "--epochs", "1",
+         "--device", "cpu", "--threads", "1", "--timing-repeats", "3", "--report-only"]
+    )  # fmt: skip
+    assert code == 0
+    partial = json.loads((out / "compare.json").read_text())
+    assert partial["crossval"]["summary"]["test_resnet"]["runs"] == 1
+    assert not (out / "test_resnet" / "r0f1" / "metrics.json").exists()  # not trained again
+    assert "| test_resnet | " in (out / "compare.md").read_text()
+    assert " | 1 | " in (out / "compare.md").read_text()
+    code = main(
+        ["compare", "--data", str(easy_folder), "--out", str(out), "--config", str(config),
+         "--models", "test_efficientnet,test_convnext", "--folds", "2", "--report-only"]
+    )  # fmt: skip
+    assert code == 2  # test_convnext has no finished fold
+    assert "no finished fold of test_convnext" in capsys.readouterr().err
 
 
 def test_compare_needs_two_models(easy_folder: Path, tmp_path: Path) -> None:
