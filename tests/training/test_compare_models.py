@@ -84,11 +84,10 @@ def test_compare_command_end_to_end(
     out = tmp_path / "cmp"
     config = tmp_path / "base.json"
     config.write_text(json.dumps({"image_size": 32, "batch_size": 16, "val_fraction": 0.2}))
-    code = main(
-        ["compare", "--data", str(easy_folder), "--out", str(out), "--config", str(config),
-         "--models", "test_efficientnet,test_resnet", "--folds", "2", "--epochs", "1",
-         "--device", "cpu", "--threads", "1", "--timing-repeats", "3", "--no-progress"]
-    )  # fmt: skip
+    common = ["compare", "--data", str(easy_folder), "--out", str(out), "--config", str(config),
+              "--folds", "2", "--epochs", "1", "--device", "cpu", "--threads", "1",
+              "--timing-repeats", "3"]  # fmt: skip
+    code = main([*common, "--models", "test_efficientnet,test_resnet", "--no-progress"])
     assert code == 0
     doc = json.loads((out / "compare.json").read_text())
     assert doc["models"] == ["test_efficientnet", "test_resnet"]
@@ -102,21 +101,14 @@ def test_compare_command_end_to_end(
 
     # a cut comparison reports its finished folds without training
     (out / "test_resnet" / "r0f1" / "metrics.json").unlink()
-    code = main(
-        ["compare", "--data", str(easy_folder), "--out", str(out), "--config", str(config),
-         "--models", "test_efficientnet,test_resnet", "--folds", "2", "--epochs", "1",
-         "--device", "cpu", "--threads", "1", "--timing-repeats", "3", "--report-only"]
-    )  # fmt: skip
+    code = main([*common, "--models", "test_efficientnet,test_resnet", "--report-only"])
     assert code == 0
     partial = json.loads((out / "compare.json").read_text())
     assert partial["crossval"]["summary"]["test_resnet"]["runs"] == 1
     assert not (out / "test_resnet" / "r0f1" / "metrics.json").exists()  # not trained again
     assert "| test_resnet | " in (out / "compare.md").read_text()
     assert " | 1 | " in (out / "compare.md").read_text()
-    code = main(
-        ["compare", "--data", str(easy_folder), "--out", str(out), "--config", str(config),
-         "--models", "test_efficientnet,test_convnext", "--folds", "2", "--report-only"]
-    )  # fmt: skip
+    code = main([*common, "--models", "test_efficientnet,test_convnext", "--report-only"])
     assert code == 2  # test_convnext has no finished fold
     assert "no finished fold of test_convnext" in capsys.readouterr().err
 
