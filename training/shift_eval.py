@@ -114,6 +114,26 @@ def crossval_folds(runs_dir: Path) -> int:
         ) from exc
 
 
+def open_images(first_run: Path, data: Path) -> Any:
+    """The labelled set, decoded as the runs' config says (one set serves every run)."""
+    from edge_agent.contract.labelled_data import open_labelled
+    from training.checkpoint import read_checkpoint_config, resolve_weights
+
+    config = read_checkpoint_config(resolve_weights(first_run))
+    return open_labelled(
+        data, check_conflicts=config.check_conflicts, decode=config.decode.decoder()
+    )
+
+
+def write_report(doc: dict[str, Any], out: Path, echo: Echo) -> None:
+    """shift.json and shift.md into ``out``; the report is echoed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    report = format_report(doc)
+    (out / REPORT_NAME).write_text(report, encoding="utf-8")
+    echo(report)
+
+
 def run_shift(
     runs_dir: Path,
     data: Path,
@@ -124,8 +144,6 @@ def run_shift(
     echo: Echo = print,
 ) -> dict[str, Any]:
     """Evaluate every finished run below ``runs_dir`` under ``conditions``; write the report."""
-    from edge_agent.contract.labelled_data import open_labelled
-    from training.checkpoint import read_checkpoint_config, resolve_weights
 
     if not runs_dir.is_dir():
         raise UsageError(
@@ -138,10 +156,7 @@ def run_shift(
         raise UsageError(f"{runs_dir}: no finished run of the baseline {baseline!r}")
     device = device or torch.device("cpu")
     folds = crossval_folds(runs_dir)
-    first = read_checkpoint_config(resolve_weights(next(iter(runs.values()))[0]))
-    images = open_labelled(
-        data, check_conflicts=first.check_conflicts, decode=first.decode.decoder()
-    )
+    images = open_images(next(iter(runs.values()))[0], data)
     results: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for variant, dirs in runs.items():
         results[variant] = {}
@@ -161,10 +176,7 @@ def run_shift(
         "runs": results,
         **summarise(results, conditions, folds, baseline),
     }
-    (runs_dir / RESULTS_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    report = format_report(doc)
-    (runs_dir / REPORT_NAME).write_text(report, encoding="utf-8")
-    echo(report)
+    write_report(doc, runs_dir, echo)
     return doc
 
 
@@ -179,17 +191,12 @@ def run_single(
 ) -> dict[str, Any]:
     """Single runs that share their split (the first is the baseline), each on its test part
     under ``conditions``, compared image by image; writes the report into ``out``."""
-    from edge_agent.contract.labelled_data import open_labelled
-    from training.checkpoint import read_checkpoint_config, resolve_weights
 
     for name, run_dir in runs.items():
         if not (run_dir / "split.json").is_file():
             raise UsageError(f"--run {name}={run_dir}: not a run directory (no split.json)")
     device = device or torch.device("cpu")
-    first = read_checkpoint_config(resolve_weights(next(iter(runs.values()))))
-    images = open_labelled(
-        data, check_conflicts=first.check_conflicts, decode=first.decode.decoder()
-    )
+    images = open_images(next(iter(runs.values())), data)
     results: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     correct: dict[str, dict[str, np.ndarray]] = {}
     for name, run_dir in runs.items():
@@ -207,11 +214,7 @@ def run_single(
         "per_image": compare_single(correct, conditions, baseline),
         "comparisons": [],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    report = format_report(doc)
-    (out / REPORT_NAME).write_text(report, encoding="utf-8")
-    echo(report)
+    write_report(doc, out, echo)
     return doc
 
 

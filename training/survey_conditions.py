@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from training.errors import UsageError
+from training.recipe_config import SurveyAugmentConfig
+from training.survey_augment import SurveyDraw, apply, from_unit, to_unit
 
 CLEAN = "clean"
 
@@ -84,9 +86,6 @@ def apply_condition(
 ) -> torch.Tensor:
     """``condition`` on an N x 3 x S x S model-input batch (values in ``input_range``), through
     the same effects as training's survey augmentation, at fixed strengths."""
-    from training.recipe_config import SurveyAugmentConfig
-    from training.survey_augment import SurveyDraw, apply, from_unit, to_unit
-
     if condition.name == CLEAN:
         return batch
     n, side = batch.shape[0], batch.shape[-1]
